@@ -1,0 +1,443 @@
+"""Typed, frozen, strict pipeline configuration.
+
+Defaults live here; YAML only overrides. Every field has a docstring-style comment. Errors name the key and the file:
+an unknown key lists close matches, a wrong type or an impossible value says what was expected. TRL's own settings
+pass through each stage's ``trainer:`` block to ``trl.SFTConfig`` / ``trl.GRPOConfig`` unchanged, but they are still
+checked here against the TRL dataclass (unknown field, a string where TRL declares a number, learning rate <= 0,
+zero accumulation...).
+
+YAML numbers: PyYAML follows YAML 1.1 and reads ``1e-5`` (no dot) as a *string*. Our loader resolves floats the
+YAML 1.2 way, so ``1e-5`` is the float a user meant; a quoted ``"1e-5"`` stays a string and is refused where a number
+is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the file."""
+
+
+# ----------------------------------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class RouterPolicy:
+    """How the MoE router is trained in a stage (one place for every router setting)."""
+
+    aux_loss_coef: float | None = None
+    """Load-balancing aux-loss weight; None keeps the architecture's own coefficient, 0 disables it."""
+
+    def __post_init__(self) -> None:
+        if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
+            raise ValueError("aux_loss_coef: must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone the first stage starts from."""
+
+    preset: str | None = "tiny-deepseek-v4"
+    """Name of a built-in tiny preset (see ``align.modeling.PRESETS``); ignored when ``path`` is set."""
+    path: str | None = None
+    """A local Hugging Face model directory (any MoE checkpoint: Qwen3-MoE, Mixtral, DeepSeek-V3/V4...)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the preset's transformers config to change (e.g. ``hidden_size``)."""
+    router: RouterPolicy = field(default_factory=RouterPolicy)
+    """Router policy for every stage, unless a stage sets its own ``router``."""
+
+    def __post_init__(self) -> None:
+        if not self.preset and not self.path:
+            raise ValueError("preset: set model.preset or model.path")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One data source of a stage's mixture: a recipe (by name or import path) or a local file/dir."""
+
+    recipe: str | None = None
+    """Registered recipe name, ``pkg.mod:fn`` or ``file.py:fn``."""
+    path: str | None = None
+    """Local JSONL / Parquet file or a saved ``datasets`` directory."""
+    weight: float = 1.0
+    """Relative share of the mixture."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the recipe."""
+
+    def __post_init__(self) -> None:
+        if (self.recipe is None) == (self.path is None):
+            raise ValueError("recipe: give exactly one of recipe or path")
+        if self.weight <= 0:
+            raise ValueError("weight: must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A stage's training and held-out rows."""
+
+    sources: tuple[SourceConfig, ...] = ()
+    """Mixture components."""
+    n_train: int = 1000
+    """Training rows drawn from the mixture (after dedup and filters, sources are cycled if short)."""
+    n_heldout: int = 200
+    """Held-out rows (disjoint from training by construction) graded after the stage."""
+    dedup: bool = True
+    """Drop exact duplicate rows (counts are logged)."""
+    max_chars: int | None = None
+    """Drop rows whose rendered text is longer than this."""
+    heldout_fraction: float = 0.1
+    """For file sources: the share of rows (by a hash of the prompt) reserved for the held-out split."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources: at least one data source is required")
+        if self.n_train < 1:
+            raise ValueError("n_train: must be >= 1")
+        if self.n_heldout < 0:
+            raise ValueError("n_heldout: must be >= 0")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError("heldout_fraction: must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Optional LoRA adapters (merged into plain weights at finalize)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: tuple[Literal["attention", "experts", "router", "mlp"], ...] = ("attention", "experts", "router")
+    """Module groups that get adapters."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError("r: must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out grading after a stage (greedy decoding, graded by the rows' verifiers)."""
+
+    max_new_tokens: int = 16
+    batch_size: int = 64
+    before: bool = False
+    """Also grade the stage's input model, to show what the stage bought."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens: must be >= 1")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the pipeline; ``name`` addresses it on the command line."""
+
+    name: str
+    kind: Literal["sft"]
+    """Stage kind = module in ``stages/``."""
+    data: DataConfig
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """Passed through to the TRL config of the kind (``trl.SFTConfig`` for sft)."""
+    lora: LoraConfig | None = None
+    router: RouterPolicy | None = None
+    """Overrides ``model.router`` for this stage."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError("name: letters, digits, '_', '-' and '.' only")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole run."""
+
+    name: str = "default"
+    """Run name; the run folder is ``runs/<name>`` unless ``output_dir`` is set."""
+    output_dir: str | None = None
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: tuple[StageConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages: at least one stage is required")
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stages: duplicate stage names {dupes}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
+
+    def router_for(self, stage: StageConfig) -> RouterPolicy:
+        return stage.router or self.model.router
+
+
+# --------------------------------------------------------------------------------------------------- YAML loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (``1e-5`` is a float, not a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML with our loader; syntax errors name the source and line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a","b","c"], value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, _, raw = item.partition("=")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: bad key path {key!r}")
+    return key.split("."), parse_yaml(raw, f"override {item!r}") if raw != "" else ""
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    """Set ``value`` at ``path`` in the raw config dict; stages are addressed by their ``name``."""
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+            if not match:
+                names = [s.get("name") for s in node if isinstance(s, dict)]
+                raise ConfigError(f"{source}: {where}: no stage named {part!r}; stages are {names}")
+            if last:
+                raise ConfigError(f"{source}: {where}: cannot replace a whole stage from the command line")
+            node = match[0]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"{source}: {where}: cannot set a key inside a {type(node).__name__}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a pipeline YAML (default: ``configs/default.yaml``), apply ``key.path=value`` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    raw = parse_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(raw, keys, value, f"{path} (override {item!r})")
+    return build_config(raw, str(path))
+
+
+def build_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validate a raw dict into a PipelineConfig, including each stage's TRL ``trainer`` block."""
+    cfg = _build(PipelineConfig, raw, "", source)
+    for i, stage in enumerate(cfg.stages):
+        check_trainer_block(stage.kind, stage.trainer, f"stages[{i}]({stage.name}).trainer", source)
+    return cfg
+
+
+def _build(cls: type, data: Any, where: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key {key_path!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, key_path, source)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{source}: {where or 'top level'}: missing required key(s) {missing}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        msg = str(exc)
+        key, _, rest = msg.partition(": ")
+        key_path = f"{where}.{key}" if where and rest else (where or key)
+        raise ConfigError(f"{source}: {key_path}: {rest or msg}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{source}: {where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {where}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            hint = " (quoted numbers are strings; write it unquoted)" if _looks_numeric(value) else ""
+            raise ConfigError(f"{source}: {where}: expected a number, got {type(value).__name__} {value!r}{hint}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{source}: {where}: unsupported type {tp}")  # pragma: no cover - a bug in our dataclasses
+
+
+def _looks_numeric(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------- TRL trainer blocks
+
+# Closed set: the TRL config class behind each stage kind (imported lazily; TRL is heavy).
+TRAINER_CONFIG_CLASS: dict[str, str] = {"sft": "trl:SFTConfig", "reasoning": "trl:SFTConfig", "grpo": "trl:GRPOConfig"}
+# Fields align sets itself; a trainer block may not override them.
+OWNED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir"}
+_POSITIVE = {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs"}
+_NON_ZERO = {"max_steps", "save_steps", "logging_steps"}
+
+
+def trainer_fields(kind: str) -> dict[str, dataclasses.Field]:
+    """The dataclass fields of the TRL config class for ``kind``."""
+    import importlib
+
+    mod, _, name = TRAINER_CONFIG_CLASS[kind].partition(":")
+    return {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(mod), name))}
+
+
+def check_trainer_block(kind: str, block: dict[str, Any], where: str, source: str) -> None:
+    """Reject what TRL would silently accept: unknown fields, numbers given as strings, impossible values."""
+    if kind not in TRAINER_CONFIG_CLASS:
+        return
+    fields = trainer_fields(kind)
+    for key, value in block.items():
+        key_path = f"{where}.{key}"
+        if key in OWNED_TRAINER_KEYS:
+            raise ConfigError(f"{source}: {key_path}: set by align (the stage folder); remove it")
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: unknown TRL {TRAINER_CONFIG_CLASS[kind]} field {key_path!r}{hint}")
+        default = fields[key].default
+        numeric_default = isinstance(default, int | float) and not isinstance(default, bool)
+        if numeric_default and isinstance(value, str):
+            raise ConfigError(
+                f"{source}: {key_path}: expected a number, got the string {value!r}"
+                + (" (quoted numbers are strings; write it unquoted)" if _looks_numeric(value) else "")
+            )
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key_path}: expected true/false, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if key in _POSITIVE and value <= 0:
+                raise ConfigError(f"{source}: {key_path}: must be > 0, got {value}")
+            if key in _NON_ZERO and value == 0:
+                raise ConfigError(f"{source}: {key_path}: must not be 0")
+
+
+# ---------------------------------------------------------------------------------------------------- utilities
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config as plain YAML/JSON-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config object (or any JSON-able data)."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_yaml(cfg: PipelineConfig) -> str:
+    """The resolved config as YAML (what ``--dry-run`` prints and the run folder keeps)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

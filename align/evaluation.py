@@ -1,0 +1,67 @@
+"""Held-out grading: greedy generation on held-out prompts, graded by each row's verifier (as in training)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from align import moe
+from rewards import get_verifier
+from rewards.parsing import answer_section
+
+logger = logging.getLogger(__name__)
+
+
+def prompt_and_gold(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """The prompt messages and the gold answer of a row (``answer`` column, else the assistant's final text)."""
+    prompt = row.get("prompt") or row["messages"][:-1]
+    gold = row.get("answer")
+    if gold is None:
+        gold = (answer_section(row["messages"][-1]["content"]) or "").strip()
+    return prompt, str(gold)
+
+
+@torch.no_grad()
+def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int,
+             desc: str = "generate", **gen_kwargs: Any) -> list[str]:
+    """Decode completions for chat prompts (left-padded batches, router logits off)."""
+    was_training = model.training
+    model.eval()
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    out: list[str] = []
+    gen_kwargs = {"do_sample": False, **gen_kwargs}
+    with moe.generation_mode(model):
+        for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+            batch = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            seq = model.generate(
+                **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                **gen_kwargs,
+            )
+            out.extend(tok.batch_decode(seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+    model.train(was_training)
+    return out
+
+
+def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+    """Greedy held-out accuracy: ``{"accuracy", "n", "status_counts", "examples"}``."""
+    if not rows:
+        return {"accuracy": None, "n": 0, "status_counts": {}, "examples": []}
+    pairs = [prompt_and_gold(r) for r in rows]
+    completions = generate(model, tok, [p for p, _ in pairs], max_new_tokens, batch_size, desc="held-out")
+    statuses: Counter[str] = Counter()
+    correct = 0
+    examples = []
+    for row, (prompt, gold), completion in zip(rows, pairs, completions):
+        verdict = get_verifier(row.get("verifier", "exact"))(completion, gold, **{k: v for k, v in row.items() if k == "meta"})
+        statuses[verdict.status] += 1
+        correct += verdict.accepted
+        if len(examples) < 5:
+            examples.append({"prompt": prompt[-1]["content"][-200:], "completion": completion[:200], "gold": gold,
+                             "status": verdict.status})
+    return {"accuracy": correct / len(rows), "n": len(rows), "status_counts": dict(statuses), "examples": examples}

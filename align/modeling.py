@@ -1,0 +1,195 @@
+"""Backbones and tokenizers: build a tiny MoE from a preset, or load any local Hugging Face MoE checkpoint.
+
+Nothing is downloaded: presets are transformers configs built here, and the tokenizer is a character-level
+tokenizer over printable ASCII built locally and saved with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align import moe
+
+logger = logging.getLogger(__name__)
+
+# Role markers are special tokens; <think>/</think> are *ordinary* added tokens, because TRL decodes completions
+# with skip_special_tokens=True and reward functions must still see the think tags (STACK-NOTES).
+PAD, UNK, EOS = "<pad>", "<unk>", "<|end|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+THINK_TOKENS = ("<think>", "</think>")
+# The end-of-turn token sits inside {% generation %} so assistant-only loss teaches the model to stop.
+CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}<|assistant|>{% generation %}"
+    "{%- if m.get('reasoning_content') -%}<think>{{ m['reasoning_content'] }}</think>{%- endif -%}"
+    "{{ m['content'] }}<|end|>{% endgeneration %}"
+    "{%- else -%}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+def build_tokenizer() -> Any:
+    """A character-level tokenizer (printable ASCII + newline) with our chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate([PAD, UNK, EOS, *ROLE_TOKENS, *THINK_TOKENS, *chars])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+    tok.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
+    tok.add_tokens(list(THINK_TOKENS))
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"  # decoder-only batched generation
+    return tok
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+
+
+def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> Any:
+    from transformers import DeepseekV4Config
+
+    # 3 layers as in the DeepSeek-V4 notes: layer 0 hash-routed MoE, layers 1-2 top-k routed; 8 routed experts top-2
+    # plus 1 shared. Layer 0 uses compressed-sparse attention so the compressor and Lightning Indexer run; the others
+    # use sliding-window attention (cheapest, and our sequences fit in the window). hc_mult=2 and 3 Sinkhorn
+    # iterations keep the mHC residual ~2x cheaper than the V4 defaults (4, 20) at this size.
+    return DeepseekV4Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        moe_intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        q_lora_rank=32,
+        num_experts_per_tok=2,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        layer_types=["compressed_sparse_attention", "sliding_attention", "sliding_attention"],
+        mlp_layer_types=["hash_moe", "moe", "moe"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16},
+        hc_mult=2,
+        hc_sinkhorn_iters=3,
+        sliding_window=128,
+        o_groups=2,
+        o_lora_rank=32,
+        index_n_heads=2,
+        index_head_dim=16,
+        index_topk=8,
+        max_position_embeddings=2048,
+        router_aux_loss_coef=0.001,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+def _tiny_qwen3_moe(vocab_size: int, tok: Any) -> Any:
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        max_position_embeddings=2048,
+        router_aux_loss_coef=0.001,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+def _tiny_mixtral(vocab_size: int, tok: Any) -> Any:
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=2048,
+        router_aux_loss_coef=0.001,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+# Closed set: preset name -> config builder.
+PRESETS: dict[str, Callable[[int, Any], Any]] = {
+    "tiny-deepseek-v4": _tiny_deepseek_v4,
+    "tiny-qwen3-moe": _tiny_qwen3_moe,
+    "tiny-mixtral": _tiny_mixtral,
+}
+
+
+def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str | Path) -> Path:
+    """Build a preset model from scratch (seeded) and save it with its tokenizer as a plain HF dir."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    if preset not in PRESETS:
+        raise KeyError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)} (or set model.path)")
+    tok = build_tokenizer()
+    vocab_size = (len(tok) + 7) // 8 * 8
+    config = PRESETS[preset](vocab_size, tok)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise KeyError(f"model.overrides.{key}: {type(config).__name__} has no such field")
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    moe.init_hash_routing(model, seed)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Load a local HF causal-LM directory and its tokenizer, with the MoE fixes of ``align.moe`` applied."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    moe.fix_config(model)
+    return model, tok
+
+
+def describe(model: Any) -> str:
+    """One line: class, total and active-per-token parameters."""
+    total, active = moe.count_parameters(model)
+    return f"{type(model).__name__}: {total / 1e6:.3f}M parameters total, {active / 1e6:.3f}M active per token"

@@ -1,0 +1,108 @@
+"""Everything MoE-specific, in one place: finding sparse blocks, parameter counts, router policy, config fixes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Sparse MoE blocks found structurally: a module holding a router (``gate``/``router``) and ``experts``."""
+    blocks = []
+    for name, module in model.named_modules():
+        children = dict(module.named_children())
+        if "experts" in children and ("gate" in children or "router" in children):
+            blocks.append((name, module))
+    return blocks
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, active per token). Routed experts count ``top_k / n_experts`` of their parameters as active."""
+    total = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)
+    top_k = getattr(config, "num_experts_per_tok", None)
+    inactive = 0
+    for _, block in find_moe_blocks(model):
+        experts = block.experts
+        n = getattr(experts, "num_experts", None) or (len(experts) if isinstance(experts, nn.ModuleList) else None)
+        if not n or not top_k:
+            continue
+        expert_params = sum(p.numel() for p in experts.parameters())
+        inactive += expert_params - expert_params * top_k // n
+    return total, total - inactive
+
+
+def init_hash_routing(model: nn.Module, seed: int) -> int:
+    """Fill DeepSeek-V4 hash routers' ``tid2eid`` with distinct random experts per token.
+
+    transformers zero-initialises the table ("real values come from the checkpoint"), so a model built from a config
+    sends every token of a hash layer to expert 0 twice (STACK-NOTES). Returns how many tables were filled.
+    """
+    gen = torch.Generator().manual_seed(seed + 7919)
+    filled = 0
+    for _, module in model.named_modules():
+        table = getattr(module, "tid2eid", None)
+        if not isinstance(table, torch.Tensor):
+            continue
+        vocab, top_k = table.shape
+        n_experts = module.num_experts
+        # [vocab, n_experts] random keys -> top_k distinct experts per token id
+        choice = torch.rand(vocab, n_experts, generator=gen).argsort(dim=-1)[:, :top_k]
+        with torch.no_grad():
+            table.copy_(choice.to(table.dtype))
+        filled += 1
+    return filled
+
+
+def fix_config(model: nn.Module) -> None:
+    """Config aliases TRL needs: its MoE aux loss reads ``config.num_experts``, which DeepSeek-V3/V4 name
+    ``n_routed_experts`` (STACK-NOTES: "'DeepseekV4Config' object has no attribute 'num_experts'")."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if not hasattr(config, "num_experts"):
+        for alias in ("n_routed_experts", "num_local_experts"):
+            if getattr(config, alias, None):
+                config.num_experts = getattr(config, alias)
+                break
+
+
+def is_moe(model: nn.Module) -> bool:
+    """True when the model has at least one sparse MoE block."""
+    return bool(find_moe_blocks(model))
+
+
+def apply_router_policy(model: nn.Module, aux_loss_coef: float | None) -> float:
+    """Set the aux-loss coefficient on the config *and* the model (DeepSeek-V4 copies it at init). Returns the
+    effective coefficient (0 when the model has no router aux loss)."""
+    config = model.config
+    if not hasattr(config, "output_router_logits"):
+        return 0.0
+    coef = getattr(config, "router_aux_loss_coef", None) if aux_loss_coef is None else aux_loss_coef
+    coef = float(coef or 0.0)
+    config.router_aux_loss_coef = coef
+    config.output_router_logits = coef > 0
+    for module in model.modules():
+        if hasattr(module, "router_aux_loss_coef"):
+            module.router_aux_loss_coef = coef
+    return coef
+
+
+@contextlib.contextmanager
+def generation_mode(model: nn.Module) -> Iterator[None]:
+    """Turn router-logit output off while generating: on a padded batch it crashes inside the load-balancing loss
+    (SFTTrainer saves ``output_router_logits=True`` into checkpoints; STACK-NOTES)."""
+    configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "output_router_logits")]
+    saved = [c.output_router_logits for c in configs]
+    for c in configs:
+        c.output_router_logits = False
+    try:
+        yield
+    finally:
+        for c, s in zip(configs, saved):
+            c.output_router_logits = s

@@ -1,0 +1,186 @@
+"""Plan and run stages: each consumes and produces a plain HF model dir; finished stages are skipped by hash.
+
+Run folder layout (``runs/<name>`` unless ``output_dir``)::
+
+    pipeline.resolved.yaml     the resolved config of the last invocation
+    base/                      the preset backbone built from scratch (when model.path is not set)
+    NN_<stage>/                checkpoint-*/, final/, manifest.json
+
+A stage is skipped when its manifest says completed with the same config hash and input-model hash. A different
+config over an existing stage folder is refused unless ``overwrite``. A stage whose manifest says ``running`` (killed)
+resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align import checkpoint
+from align.config import PipelineConfig, RouterPolicy, StageConfig, config_hash, dump_yaml, to_dict
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """A pipeline-level refusal (hash mismatch without --overwrite, missing input...)."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage needs beyond its own config."""
+
+    run_dir: Path
+    stage_dir: Path
+    init_dir: Path
+    seed: int
+    router: RouterPolicy
+    pipeline: PipelineConfig
+
+
+def stage_dir_name(index: int, stage: StageConfig) -> str:
+    """``NN_<name>``: the folder of stage ``index``."""
+    return f"{index:02d}_{stage.name}"
+
+
+def plan(cfg: PipelineConfig, only: str | None = None) -> list[tuple[int, StageConfig]]:
+    """The (index, stage) pairs to run; ``only`` selects one stage by name."""
+    indexed = list(enumerate(cfg.stages))
+    if only is None:
+        return indexed
+    cfg.stage(only)  # raises with the known names
+    return [(i, s) for i, s in indexed if s.name == only]
+
+
+def stage_config_hash(cfg: PipelineConfig, stage: StageConfig) -> str:
+    """Hash of everything in the config that decides a stage's output, given its input model."""
+    return config_hash({"stage": to_dict(stage), "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
+
+
+def ensure_base(cfg: PipelineConfig) -> Path:
+    """The first stage's input: ``model.path``, or the preset built (once) into ``<run>/base``."""
+    if cfg.model.path:
+        path = Path(cfg.model.path)
+        if not (path / "config.json").is_file():
+            raise PipelineError(f"model.path {path}: not a Hugging Face model directory (no config.json)")
+        return path
+    from align import modeling
+
+    base = cfg.run_dir / "base"
+    want = config_hash({"preset": cfg.model.preset, "overrides": cfg.model.overrides, "seed": cfg.seed})
+    manifest = checkpoint.read_json(base / "manifest.json")
+    if manifest and manifest.get("config_hash") == want and (base / "config.json").is_file():
+        return base
+    if base.exists():
+        shutil.rmtree(base)
+    modeling.build_base(cfg.model.preset, cfg.model.overrides, cfg.seed, base)
+    checkpoint.write_json_atomic(base / "manifest.json", {"stage": "base", "preset": cfg.model.preset,
+                                                          "config_hash": want, "status": "completed"})
+    return base
+
+
+def run_pipeline(
+    cfg: PipelineConfig, only: str | None = None, init_from: str | Path | None = None, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Run the planned stages in order; returns one summary row per stage (ran or skipped)."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint.is_main_process():
+        (run_dir / "pipeline.resolved.yaml").write_text(dump_yaml(cfg))
+    stages = plan(cfg, only)
+    rows = []
+    for pos, (index, stage) in enumerate(stages):
+        if pos == 0 and init_from is not None:
+            init = Path(init_from)
+            if not (init / "config.json").is_file():
+                raise PipelineError(f"--init-from {init}: not a Hugging Face model directory (no config.json)")
+        elif index == 0:
+            init = ensure_base(cfg)
+        else:
+            prev = cfg.stages[index - 1]
+            prev_dir = run_dir / stage_dir_name(index - 1, prev)
+            manifest = checkpoint.read_json(prev_dir / "manifest.json")
+            if not manifest or manifest.get("status") != "completed":
+                raise PipelineError(
+                    f"stage {stage.name!r} starts from {prev_dir / 'final'}, which is not complete: run stage "
+                    f"{prev.name!r} first or pass --init-from DIR"
+                )
+            init = prev_dir / "final"
+        rows.append(run_stage(cfg, index, stage, init, overwrite))
+    return rows
+
+
+def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, overwrite: bool) -> dict[str, Any]:
+    """Run (or skip, or resume) one stage and write its manifest."""
+    from stages import STAGES
+
+    stage_dir = cfg.run_dir / stage_dir_name(index, stage)
+    chash, ihash = stage_config_hash(cfg, stage), checkpoint.dir_hash(init)
+    manifest_path = stage_dir / "manifest.json"
+    manifest = checkpoint.read_json(manifest_path)
+    same = bool(manifest) and manifest.get("config_hash") == chash and manifest.get("input_hash") == ihash
+    if same and manifest.get("status") == "completed" and (stage_dir / "final" / "config.json").is_file():
+        logger.info("stage %s: finished with the same config and input; skipped", stage.name)
+        return _summary(stage, manifest, skipped=True)
+    if stage_dir.exists() and any(stage_dir.iterdir()) and not same:
+        if not overwrite:
+            what = "config" if manifest and manifest.get("config_hash") != chash else "input model"
+            raise PipelineError(
+                f"{stage_dir} holds a run with a different {what} (or no manifest); refusing to mix them. "
+                "Pass --overwrite to replace it, or set output_dir to a new folder."
+            )
+        logger.warning("--overwrite: removing %s", stage_dir)
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    base_manifest = {
+        "stage": stage.name, "kind": stage.kind, "index": index, "config_hash": chash, "input_model": str(init),
+        "input_hash": ihash, "config": to_dict(stage), "router": to_dict(cfg.router_for(stage)),
+        "data": {"sources": to_dict(stage.data.sources), "hash": config_hash(stage.data)},
+        "packages": checkpoint.package_versions(), "git_commit": checkpoint.git_commit(),
+    }
+    if checkpoint.is_main_process():
+        checkpoint.write_json_atomic(manifest_path, {**base_manifest, "status": "running", "started": time.time()})
+    ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg)
+    t0 = time.time()
+    try:
+        result = STAGES[stage.kind](stage, ctx)
+    except BaseException:
+        if checkpoint.is_main_process():
+            checkpoint.write_json_atomic(manifest_path, {**base_manifest, "status": "failed"})
+        raise
+    manifest = {
+        **base_manifest, "status": "completed", "steps": result.steps, "wall_time_s": round(time.time() - t0, 2),
+        "final_dir": str(result.final_dir), "output_hash": checkpoint.dir_hash(result.final_dir),
+        "metrics": result.metrics, **result.extra,
+    }
+    if checkpoint.is_main_process():
+        checkpoint.write_json_atomic(manifest_path, manifest)
+    return _summary(stage, manifest, skipped=False)
+
+
+def _summary(stage: StageConfig, manifest: dict[str, Any], skipped: bool) -> dict[str, Any]:
+    metrics = manifest.get("metrics", {})
+    return {
+        "stage": stage.name, "kind": stage.kind, "steps": manifest.get("steps"), "wall_time_s": manifest.get("wall_time_s"),
+        "heldout_accuracy": metrics.get("heldout_accuracy"), "heldout_accuracy_before": metrics.get("heldout_accuracy_before"),
+        "heldout_n": metrics.get("heldout_n"), "skipped": skipped,
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run table: stage, steps, wall time, held-out accuracy."""
+    head = f"{'stage':<12} {'kind':<10} {'steps':>6} {'wall s':>8} {'held-out acc':>13} {'(before)':>9} {'n':>5}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.3f}"
+        before = "" if r.get("heldout_accuracy_before") is None else f"{r['heldout_accuracy_before']:.3f}"
+        lines.append(
+            f"{r['stage']:<12} {r['kind']:<10} {r['steps'] if r['steps'] is not None else '-':>6} "
+            f"{r['wall_time_s'] if r['wall_time_s'] is not None else '-':>8} {acc:>13} {before:>9} "
+            f"{r['heldout_n'] or '-':>5}  {'skipped (unchanged)' if r['skipped'] else ''}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Integer arithmetic (``a + b``, ``a - b``) with exact answers and column-by-column reasoning traces.
+
+Deterministic by seed. Train and held-out splits are disjoint by construction: a problem belongs to the held-out
+split iff a hash of its text falls in the held-out bucket (``HELDOUT_PERCENT`` of the problem space), and each split
+only ever emits problems of its own bucket.
+
+Row: ``messages`` (user prompt + assistant answer, with a ``<think>`` trace when ``style="trace"``), ``prompt``,
+``answer`` (the literal result), ``verifier="exact"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Literal
+
+from data_recipes.registry import register_recipe
+
+HELDOUT_PERCENT = 10
+
+
+def is_heldout(problem: str) -> bool:
+    """The split a problem text belongs to (stable across Python runs; not ``hash()``)."""
+    return int(hashlib.sha256(problem.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
+
+
+def column_trace(a: int, op: str, b: int) -> str:
+    """A step-by-step trace: digit columns right to left with carries (or borrows), then the result.
+
+    >>> column_trace(47, "+", 85)
+    '7+5=12 c1;4+8+1=13 c1;=132'
+    """
+    if op == "-" and a < b:
+        inner = column_trace(b, "-", a).rsplit(";", 1)[0]  # a - b = -(b - a)
+        return f"-({b}-{a});{inner};=-{b - a}"
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        if op == "+":
+            s = x + y + carry
+            steps.append(f"{x}+{y}{'+1' if carry else ''}={s}{' c1' if s >= 10 else ''}")
+            carry = int(s >= 10)
+        else:
+            s = x - y - carry
+            steps.append(f"{x}-{y}{'-1' if carry else ''}={s}{' b1' if s < 0 else ''}")
+            carry = int(s < 0)
+    result = a + b if op == "+" else a - b
+    return ";".join(steps) + f";={result}"
+
+
+def _problem(rng: random.Random, digits: int, ops: tuple[str, ...], mixed: bool) -> tuple[int, str, int]:
+    if mixed:  # a mixture of difficulties: each operand gets 1..digits digits
+        da, db = rng.randint(1, digits), rng.randint(1, digits)
+    else:
+        da = db = digits
+    a = rng.randrange(10 ** (da - 1) if da > 1 else 0, 10**da)
+    b = rng.randrange(10 ** (db - 1) if db > 1 else 0, 10**db)
+    return a, rng.choice(ops), b
+
+
+@register_recipe("arithmetic")
+def arithmetic(
+    split: Literal["train", "heldout"],
+    n: int,
+    seed: int,
+    digits: int = 3,
+    ops: tuple[str, ...] | list[str] = ("+", "-"),
+    style: Literal["answer", "trace"] = "answer",
+    mixed_lengths: bool = False,
+) -> list[dict[str, Any]]:
+    """``n`` distinct problems of ``split``; ``style="trace"`` puts a column trace in ``<think>`` before the answer."""
+    ops = tuple(ops)
+    if not set(ops) <= {"+", "-"} or not ops:
+        raise ValueError(f"arithmetic: ops must be a non-empty subset of ['+', '-'], got {list(ops)}")
+    if digits < 1:
+        raise ValueError("arithmetic: digits must be >= 1")
+    rng = random.Random(f"arithmetic/{split}/{seed}")
+    want_heldout = split == "heldout"
+    rows, seen = [], set()
+    space = (10**digits) ** 2 * len(ops)
+    budget = 50 * n + 1000
+    while len(rows) < n and budget > 0:
+        budget -= 1
+        a, op, b = _problem(rng, digits, ops, mixed_lengths)
+        text = f"{a}{op}{b}="
+        if text in seen or is_heldout(text) != want_heldout:
+            continue
+        seen.add(text)
+        answer = str(a + b if op == "+" else a - b)
+        content = f"<think>{column_trace(a, op, b)}</think>{answer}" if style == "trace" else answer
+        prompt = [{"role": "user", "content": text}]
+        rows.append(
+            {
+                "messages": [*prompt, {"role": "assistant", "content": content}],
+                "prompt": prompt,
+                "answer": answer,
+                "verifier": "exact",
+            }
+        )
+    if len(rows) < n:
+        raise ValueError(f"arithmetic: asked for {n} {split} problems, the space holds only ~{space} (digits={digits})")
+    return rows

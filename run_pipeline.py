@@ -1,0 +1,80 @@
+"""align command line: run the whole pipeline, one stage, or inspect.
+
+    python run_pipeline.py                                   # configs/default.yaml, every stage
+    python run_pipeline.py configs/x.yaml                    # every stage of x.yaml, in order
+    python run_pipeline.py configs/x.yaml --only sft --init-from DIR
+    python run_pipeline.py configs/x.yaml output_dir=/tmp/r stages.sft.trainer.learning_rate=3e-4
+    python run_pipeline.py configs/x.yaml --dry-run          # resolved config + plan, runs nothing
+    python run_pipeline.py --list-stages | --list-verifiers
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="align", description="Staged post-training for MoE language models.")
+    p.add_argument("config", nargs="?", help="pipeline YAML (default: configs/default.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides; stages by name: stages.sft.trainer.max_steps=10")
+    p.add_argument("--only", metavar="STAGE", help="run only this stage (by name)")
+    p.add_argument("--init-from", metavar="DIR", help="HF model dir the (first) planned stage starts from")
+    p.add_argument("--overwrite", action="store_true", help="replace stage folders whose config or input changed")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; run nothing")
+    p.add_argument("--list-stages", action="store_true", help="print the stage kinds and exit")
+    p.add_argument("--list-verifiers", action="store_true", help="print every verifier name with its origin and exit")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # a positional "key=value" given first is an override, not a config path
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+    if args.list_stages:
+        from stages import STAGES
+
+        print("\n".join(STAGES))
+        return 0
+    if args.list_verifiers:
+        from rewards import list_verifiers
+
+        for name, origin in list_verifiers():
+            print(f"{name:<16} {origin}")
+        return 0
+
+    from align.config import ConfigError, dump_yaml, load_config
+    from align.pipeline import PipelineError, format_table, plan, run_pipeline, stage_dir_name
+    from data_recipes import DataError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            print(dump_yaml(cfg))
+            print(f"# plan (run folder {cfg.run_dir}):")
+            for pos, (index, stage) in enumerate(plan(cfg, args.only)):
+                src = args.init_from if (pos == 0 and args.init_from) else (
+                    cfg.model.path or f"{cfg.run_dir}/base ({cfg.model.preset})" if index == 0
+                    else f"{cfg.run_dir}/{stage_dir_name(index - 1, cfg.stages[index - 1])}/final")
+                print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src}")
+            return 0
+        rows = run_pipeline(cfg, only=args.only, init_from=args.init_from, overwrite=args.overwrite)
+    except (ConfigError, PipelineError, DataError, FileNotFoundError, KeyError) as exc:
+        logging.getLogger("align").error("%s", exc)
+        return 2
+    print()
+    print(format_table(rows))
+    print(f"\nrun folder: {cfg.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Config errors name the key and the file; TRL fields are checked; overrides address stages by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from align.config import ConfigError, load_config
+from tests.conftest import SMOKE
+
+
+def write(tmp_path, text):
+    p = tmp_path / "x.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """
+name: t
+stages:
+  - name: sft
+    kind: sft
+    data:
+      sources: [{recipe: arithmetic}]
+    trainer: {TRAINER}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("name: t\nmodle: {}\nstages: []\n", ["unknown key 'modle'", "did you mean model"]),
+        (BASE.replace("{TRAINER}", "{}").replace("sources:", "sourcse:"), ["stages[0].data", "sourcse", "sources"]),
+        (BASE.replace("{TRAINER}", "{}").replace("kind: sft", "kind: sfx"), ["stages[0].kind", "'sfx'"]),
+        (BASE.replace("{TRAINER}", "{}") + "seed: abc\n", ["seed", "expected an integer", "'abc'"]),
+        (BASE.replace("{TRAINER}", "{learning_rate: 0}"), ["trainer.learning_rate", "must be > 0"]),
+        (BASE.replace("{TRAINER}", "{learning_rate: -1.0e-4}"), ["trainer.learning_rate", "must be > 0"]),
+        (BASE.replace("{TRAINER}", "{gradient_accumulation_steps: 0}"), ["gradient_accumulation_steps", "> 0"]),
+        (BASE.replace("{TRAINER}", '{learning_rate: "1e-5"}'), ["learning_rate", "string '1e-5'", "unquoted"]),
+        (BASE.replace("{TRAINER}", "{learnin_rate: 1.0e-5}"), ["unknown TRL", "learnin_rate", "learning_rate"]),
+        (BASE.replace("{TRAINER}", "{output_dir: /tmp/x}"), ["output_dir", "set by align"]),
+        (BASE.replace("{TRAINER}", "{}").replace("sources: [{recipe: arithmetic}]", "sources: []"), ["sources"]),
+        (BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]", "[{recipe: a, weight: -1}]"), ["weight", "> 0"]),
+        (BASE.replace("{TRAINER}", "{}") + "model: {router: {aux_loss_coef: -1}}\n", ["model.router.aux_loss_coef", ">= 0"]),
+        ("name: t\nstages: [\n", ["invalid YAML"]),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, text, needles):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-5 as a string; our loader reads it as the float the user meant.
+    cfg = load_config(write(tmp_path, BASE.replace("{TRAINER}", "{learning_rate: 1e-5}")))
+    assert cfg.stages[0].trainer["learning_rate"] == pytest.approx(1e-5)
+
+
+def test_overrides_address_stages_by_name(tmp_path):
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.learning_rate=3e-4", "seed=7"])
+    assert cfg.stages[0].trainer["learning_rate"] == pytest.approx(3e-4)
+    assert cfg.seed == 7 and cfg.run_dir == tmp_path
+    with pytest.raises(ConfigError, match="no stage named 'nope'"):
+        load_config(SMOKE, ["stages.nope.trainer.max_steps=1"])
+    with pytest.raises(ConfigError, match="unknown key 'sed'"):
+        load_config(SMOKE, ["sed=1"])
+
+
+def test_config_is_frozen():
+    cfg = load_config(SMOKE)
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]
