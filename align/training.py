@@ -134,7 +134,7 @@ def lora_targets(model: torch.nn.Module, groups: tuple[str, ...]) -> tuple[list[
             modules.add(leaf)
         if "experts" in groups and ".experts." in name:
             modules.add(leaf)
-    for bname, block in blocks.items():
+    for block in blocks.values():
         router_name = "gate" if hasattr(block, "gate") else "router"
         router = getattr(block, router_name)
         if "router" in groups:

@@ -79,7 +79,8 @@ def arithmetic(
     rng = random.Random(f"arithmetic/{split}/{seed}")
     want_heldout = split == "heldout"
     rows, seen = [], set()
-    space = (10**digits) ** 2 * len(ops)
+    low = 0 if mixed_lengths or digits == 1 else 10 ** (digits - 1)
+    space = (10**digits - low) ** 2 * len(ops)
     budget = 50 * n + 1000
     while len(rows) < n and budget > 0:
         budget -= 1
@@ -100,5 +101,5 @@ def arithmetic(
             }
         )
     if len(rows) < n:
-        raise ValueError(f"arithmetic: asked for {n} {split} problems, the space holds only ~{space} (digits={digits})")
+        raise ValueError(f"arithmetic: asked for {n} {split} problems, the whole problem space (both splits) holds {space} (digits={digits}, mixed_lengths={mixed_lengths})")
     return rows

@@ -59,7 +59,10 @@ def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
 
 def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fraction: float) -> list[dict]:
     if src.recipe is not None:
-        rows = resolve_recipe(src.recipe)(split=split, n=n, seed=seed, **src.kwargs)
+        try:
+            rows = resolve_recipe(src.recipe)(split=split, n=n, seed=seed, **src.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"recipe {src.recipe!r} (kwargs {src.kwargs}): {exc}") from None
         validate_rows(rows, kind, f"recipe {src.recipe!r}")
         return rows[:n]
     rows, lines = read_file_rows(src.path)

@@ -1,0 +1,168 @@
+"""Worker processes that run verifier calls where they can be killed.
+
+Math-Verify's timeouts use ``signal.alarm``, which only works in a process's main thread (TRL calls reward functions
+from wherever it likes, and disables them elsewhere); a C-level computation such as ``9^{9^{9^{9}}}`` ignores signals
+altogether. So slow verifiers run in worker processes: each worker handles one call at a time in its main thread, and
+the parent kills a worker that overruns its wall-clock budget, records ``timeout`` for that call, and starts a fresh
+worker. Many calls run in parallel across workers (``map``).
+
+Workers are fresh interpreters (``python -m rewards.pool FD``) talking over a socketpair: never a ``fork`` of a
+process that holds torch threads, and unlike multiprocessing's ``spawn`` they do not re-run the caller's ``__main__``
+(a user's unguarded training script would otherwise start again in every worker). They import only ``rewards``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from rewards.types import Verdict
+
+logger = logging.getLogger(__name__)
+
+IN_WORKER = False  # True inside a pool worker process: verifiers may then call slow code directly
+
+
+def _worker_main(conn: Connection) -> None:
+    global IN_WORKER
+    IN_WORKER = True
+    from rewards.registry import get_verifier
+
+    cache: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        task_id, spec, completion, answer, row = msg
+        try:
+            if spec not in cache:
+                cache[spec] = get_verifier(spec)
+            verdict = cache[spec](completion, answer, **row)
+            out = (verdict.score, verdict.status, verdict.info)
+        except BaseException as exc:  # noqa: BLE001 - anything a verifier does becomes an error verdict
+            out = (0.0, "error", {"exception": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        try:
+            conn.send((task_id, out))
+        except (OSError, ValueError):
+            return
+
+
+class _Worker:
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewards.pool", str(child.fileno())], pass_fds=(child.fileno(),), env=env,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.task: int | None = None
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            self.conn.close()
+
+
+class VerifierPool:
+    """``map(spec, calls, timeout)`` runs ``get_verifier(spec)(completion, answer, **row)`` per call in workers."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.size = workers or max(1, min(4, os.cpu_count() or 1))
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def _ensure(self) -> None:
+        while len(self._workers) < self.size:
+            self._workers.append(_Worker())
+
+    def map(self, spec: str, calls: list[tuple[str, str, dict[str, Any]]], timeout: float) -> list[Verdict]:
+        """Verdicts for ``calls`` (completion, answer, row) in order; a call over ``timeout`` seconds -> timeout."""
+        with self._lock:
+            self._ensure()
+            results: list[Verdict | None] = [None] * len(calls)
+            pending = list(range(len(calls)))[::-1]
+            busy: dict[Connection, _Worker] = {}
+            while pending or busy:
+                for w in self._workers:
+                    if pending and w.task is None:
+                        i = pending.pop()
+                        completion, answer, row = calls[i]
+                        try:
+                            w.conn.send((i, spec, completion, answer, row))
+                        except (OSError, ValueError) as exc:
+                            results[i] = Verdict(0.0, "error", {"reason": f"could not send to worker: {exc}"})
+                            self._replace(w)
+                            continue
+                        w.task, w.deadline = i, time.monotonic() + timeout
+                        busy[w.conn] = w
+                if not busy:
+                    continue
+                now = time.monotonic()
+                ready = wait(list(busy), timeout=max(0.0, min(w.deadline for w in busy.values()) - now))
+                for conn in ready:
+                    w = busy.pop(conn)
+                    try:
+                        task_id, (score, status, info) = conn.recv()
+                        results[task_id] = Verdict(score, status, info)
+                        w.task = None
+                    except (EOFError, OSError):
+                        results[w.task] = Verdict(0.0, "error", {"reason": "verifier worker died"})
+                        self._replace(w)
+                now = time.monotonic()
+                for conn, w in list(busy.items()):
+                    if w.deadline <= now:
+                        results[w.task] = Verdict(0.0, "timeout", {"budget_s": timeout})
+                        busy.pop(conn)
+                        self._replace(w)
+            return [r if r is not None else Verdict(0.0, "error", {"reason": "lost"}) for r in results]
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self.restarts += 1
+        idx = self._workers.index(w)
+        self._workers[idx] = _Worker()
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            w.kill()
+        self._workers = []
+
+
+_SHARED: VerifierPool | None = None
+
+
+def shared_pool() -> VerifierPool:
+    """The process-wide pool (started on first use, stopped at exit)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = VerifierPool()
+        atexit.register(_SHARED.close)
+    return _SHARED
+
+
+if __name__ == "__main__":
+    _worker_main(Connection(int(sys.argv[1])))

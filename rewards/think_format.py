@@ -1,0 +1,49 @@
+"""``think_format`` — exactly one non-empty ``<think>…</think>`` block followed by a non-empty answer.
+
+Policy: the completion must hold exactly one ``<think>`` and one ``</think>``, in that order, with non-blank reasoning
+between them and a non-blank answer after. Chat templates that pre-fill ``<think>`` in the prompt (the completion then
+starts inside the reasoning) are supported with ``prefilled=True`` — decided once per template with
+:func:`template_prefills_think`, not guessed per sample. Format only: correctness is another verifier's job.
+Model: TRL ``trl/rewards/format_rewards.py::think_format_reward``, made strict about counts and emptiness.
+
+>>> from rewards import get_verifier
+>>> get_verifier("think_format")("<think>carry the 1</think>42", "").status
+'ok'
+>>> get_verifier("think_format")("<think></think>42", "").status
+'wrong'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rewards.parsing import THINK_CLOSE, THINK_OPEN, clean_text
+from rewards.registry import register_verifier
+from rewards.types import Verdict, ok, wrong
+
+
+def template_prefills_think(chat_template_output: str) -> bool:
+    """True if a rendered generation prompt ends inside an opened ``<think>`` (check once at start-up)."""
+    tail = chat_template_output.rstrip()
+    return tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE)
+
+
+@register_verifier("think_format")
+def verify(completion: str, answer: str = "", prefilled: bool = False, **row: Any) -> Verdict:
+    """Score 1 for one non-empty reasoning block followed by a non-empty answer."""
+    text = clean_text(completion)
+    if prefilled:
+        text = THINK_OPEN + text
+    opens, closes = text.count(THINK_OPEN), text.count(THINK_CLOSE)
+    if opens != 1 or closes != 1:
+        return wrong({"reason": f"{opens} <think> and {closes} </think> tags; exactly one each required"})
+    start, end = text.index(THINK_OPEN), text.index(THINK_CLOSE)
+    if end < start:
+        return wrong({"reason": "</think> before <think>"})
+    if text[:start].strip():
+        return wrong({"reason": "text before <think>"})
+    if not text[start + len(THINK_OPEN) : end].strip():
+        return wrong({"reason": "empty reasoning"})
+    if not text[end + len(THINK_CLOSE) :].strip():
+        return wrong({"reason": "empty answer after </think>"})
+    return ok()
