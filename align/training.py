@@ -121,6 +121,8 @@ def lora_targets(model: torch.nn.Module, groups: tuple[str, ...]) -> tuple[list[
     """
     from align.moe import find_moe_blocks
 
+    # Full dotted names, not leaf names: peft matches target_modules by suffix, so a leaf name like "kv_proj" would
+    # also catch DeepSeek-V4's compressor.kv_proj.
     modules: set[str] = set()
     params: set[str] = set()
     blocks = dict(find_moe_blocks(model))
@@ -129,23 +131,23 @@ def lora_targets(model: torch.nn.Module, groups: tuple[str, ...]) -> tuple[list[
             continue  # subclasses (e.g. grouped projections) have their own forward peft cannot wrap
         leaf = name.rsplit(".", 1)[-1]
         if "attention" in groups and ".self_attn." in name and ".compressor." not in name:
-            modules.add(leaf)
+            modules.add(name)
         if "mlp" in groups and (".shared_expert" in name or (".mlp." in name and ".experts" not in name and leaf != "gate")):
-            modules.add(leaf)
+            modules.add(name)
         if "experts" in groups and ".experts." in name:
-            modules.add(leaf)
-    for block in blocks.values():
+            modules.add(name)
+    for bname, block in blocks.items():
         router_name = "gate" if hasattr(block, "gate") else "router"
         router = getattr(block, router_name)
         if "router" in groups:
             if type(router) is torch.nn.Linear:
-                modules.add(router_name)
+                modules.add(f"{bname}.{router_name}")
             elif isinstance(getattr(router, "weight", None), torch.nn.Parameter):
-                params.add(f"{router_name}.weight")
+                params.add(f"{bname}.{router_name}.weight")
         if "experts" in groups:
             for pname, p in block.experts.named_parameters(recurse=False):
                 if p.dim() == 3:
-                    params.add(f"experts.{pname}")
+                    params.add(f"{bname}.experts.{pname}")
     return sorted(modules), sorted(params)
 
 
@@ -162,5 +164,5 @@ def wrap_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     )
     peft_model = get_peft_model(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    logger.info("LoRA on modules %s and parameters %s: %d trainable parameters", modules, params, trainable)
+    logger.info("LoRA on %d modules and %d parameters: %d trainable parameters", len(modules), len(params), trainable)
     return peft_model

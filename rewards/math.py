@@ -21,6 +21,7 @@ Source of the equivalence itself: Hugging Face Math-Verify (``math_verify.parse`
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -34,11 +35,19 @@ _NUMBER = re.compile(r"^\s*[-+]?\s*(\d+(\.\d*)?|\.\d+)\s*$")
 _OPERATOR = re.compile(r"(?<=[\d}\)])\s*(\+|-|\*|/|\\times|\\cdot|\\div|\^)\s*(?=[\d\\(\{])")
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> Any:
+    # A GRPO group grades num_generations completions against one gold: parse it once per worker.
+    from math_verify import parse
+
+    return parse(f"${gold}$", parsing_timeout=1)
+
+
 def compare(gold: str, pred: str) -> bool:
     """Math-Verify equivalence of two answer strings (call only where a hang can be killed)."""
     from math_verify import parse, verify
 
-    gold_parsed = parse(f"${gold}$", parsing_timeout=1)
+    gold_parsed = _parse_gold(gold)
     pred_parsed = parse(f"${pred}$", parsing_timeout=1)
     if not gold_parsed or not pred_parsed:
         return False

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -44,18 +45,19 @@ def _worker_main(conn: Connection) -> None:
             return
         if msg is None:
             return
-        task_id, spec, completion, answer, row = msg
-        try:
-            if spec not in cache:
-                cache[spec] = get_verifier(spec)
-            verdict = cache[spec](completion, answer, **row)
-            out = (verdict.score, verdict.status, verdict.info)
-        except BaseException as exc:  # noqa: BLE001 - anything a verifier does becomes an error verdict
-            out = (0.0, "error", {"exception": f"{type(exc).__name__}: {str(exc)[:300]}"})
-        try:
-            conn.send((task_id, out))
-        except (OSError, ValueError):
-            return
+        spec, chunk = msg
+        for task_id, completion, answer, row in chunk:
+            try:
+                if spec not in cache:
+                    cache[spec] = get_verifier(spec)
+                verdict = cache[spec](completion, answer, **row)
+                out = (verdict.score, verdict.status, verdict.info)
+            except BaseException as exc:  # noqa: BLE001 - anything a verifier does becomes an error verdict
+                out = (0.0, "error", {"exception": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            try:
+                conn.send((task_id, out))  # one reply per call: the parent's deadline restarts with each
+            except (OSError, ValueError):
+                return
 
 
 class _Worker:
@@ -68,7 +70,7 @@ class _Worker:
         )
         child.close()
         self.conn = Connection(parent.detach())
-        self.task: int | None = None
+        self.queue: deque[int] = deque()  # calls sent, in the order the worker runs them
         self.deadline = 0.0
 
     def kill(self) -> None:
@@ -95,47 +97,55 @@ class VerifierPool:
             self._workers.append(_Worker())
 
     def map(self, spec: str, calls: list[tuple[str, str, dict[str, Any]]], timeout: float) -> list[Verdict]:
-        """Verdicts for ``calls`` (completion, answer, row) in order; a call over ``timeout`` seconds -> timeout."""
+        """Verdicts for ``calls`` (completion, answer, row) in order; a call over ``timeout`` seconds -> timeout.
+
+        Calls go to workers in small chunks (fewer round trips); each call's budget starts when the previous call of
+        its chunk answered, so a hung call is detected within ``timeout`` and the rest of its chunk is re-queued.
+        """
         with self._lock:
             self._ensure()
             results: list[Verdict | None] = [None] * len(calls)
-            pending = list(range(len(calls)))[::-1]
-            busy: dict[Connection, _Worker] = {}
-            while pending or busy:
+            pending: deque[int] = deque(range(len(calls)))
+            while pending or any(w.queue for w in self._workers):
                 for w in self._workers:
-                    if pending and w.task is None:
-                        i = pending.pop()
-                        completion, answer, row = calls[i]
+                    if pending and not w.queue:
+                        size = max(1, min(16, len(pending) // (2 * len(self._workers))))
+                        ids = [pending.popleft() for _ in range(min(size, len(pending)))]
                         try:
-                            w.conn.send((i, spec, completion, answer, row))
-                        except (OSError, ValueError) as exc:
-                            results[i] = Verdict(0.0, "error", {"reason": f"could not send to worker: {exc}"})
+                            w.conn.send((spec, [(i, *calls[i]) for i in ids]))
+                        except (OSError, ValueError):
+                            pending.extendleft(reversed(ids))
                             self._replace(w)
                             continue
-                        w.task, w.deadline = i, time.monotonic() + timeout
-                        busy[w.conn] = w
+                        w.queue.extend(ids)
+                        w.deadline = time.monotonic() + timeout
+                busy = {w.conn: w for w in self._workers if w.queue}
                 if not busy:
                     continue
-                now = time.monotonic()
-                ready = wait(list(busy), timeout=max(0.0, min(w.deadline for w in busy.values()) - now))
-                for conn in ready:
-                    w = busy.pop(conn)
+                wait_s = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
+                for conn in wait(list(busy), timeout=wait_s):
+                    w = busy[conn]
                     try:
-                        task_id, (score, status, info) = conn.recv()
-                        results[task_id] = Verdict(score, status, info)
-                        w.task = None
+                        while conn.poll():
+                            task_id, (score, status, info) = conn.recv()
+                            results[task_id] = Verdict(score, status, info)
+                            if w.queue and w.queue[0] == task_id:
+                                w.queue.popleft()
+                            w.deadline = time.monotonic() + timeout
                     except (EOFError, OSError):
-                        results[w.task] = Verdict(0.0, "error", {"reason": "verifier worker died"})
+                        results[w.queue.popleft()] = Verdict(0.0, "error", {"reason": "verifier worker died"})
+                        pending.extendleft(reversed(w.queue))
                         self._replace(w)
                 now = time.monotonic()
-                for conn, w in list(busy.items()):
-                    if w.deadline <= now:
-                        results[w.task] = Verdict(0.0, "timeout", {"budget_s": timeout})
-                        busy.pop(conn)
+                for w in list(busy.values()):
+                    if w.queue and w.deadline <= now:
+                        results[w.queue.popleft()] = Verdict(0.0, "timeout", {"budget_s": timeout})
+                        pending.extendleft(reversed(w.queue))
                         self._replace(w)
             return [r if r is not None else Verdict(0.0, "error", {"reason": "lost"}) for r in results]
 
     def _replace(self, w: _Worker) -> None:
+        w.queue.clear()
         w.kill()
         self.restarts += 1
         idx = self._workers.index(w)

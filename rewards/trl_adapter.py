@@ -98,8 +98,13 @@ class RewardFunction:
 
     def _score(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
         if self.in_pool:
+            # A GRPO group often repeats an answer: grade each distinct (completion, answer, row) once.
+            keys = [(c, a, repr(sorted(row.items()))) for c, a, row in calls]
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            unique = sorted(set(first.values()))
             pool = self._pool or shared_pool()
-            return pool.map(self.spec.name, calls, timeout=self.spec.timeout_s)
+            graded = dict(zip(unique, pool.map(self.spec.name, [calls[i] for i in unique], timeout=self.spec.timeout_s)))
+            return [graded[first[k]] for k in keys]
         if self.spec.name in INLINE_BUILTINS:
             return [self.verifier(c, a, **row) for c, a, row in calls]
         # a verifier only this process knows: a thread with a budget (it cannot be killed, only abandoned)
