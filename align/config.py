@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import yaml
 
+from rewards.trl_adapter import VerifierSpec
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -43,6 +45,8 @@ class RouterPolicy:
 
     aux_loss_coef: float | None = None
     """Load-balancing aux-loss weight; None keeps the architecture's own coefficient, 0 disables it."""
+    freeze: bool = False
+    """Freeze the router (gate) weights: RL then cannot move routing, only experts and attention."""
 
     def __post_init__(self) -> None:
         if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
@@ -138,6 +142,9 @@ class EvalConfig:
     batch_size: int = 64
     before: bool = False
     """Also grade the stage's input model, to show what the stage bought."""
+    data: DataConfig | None = None
+    """Held-out rows to grade (their ``heldout`` split); default: the stage's own data. Give every stage the same
+    block to compare stages on one problem set."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -145,11 +152,33 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TracesConfig:
+    """Where a reasoning stage's ``<think>`` traces come from."""
+
+    source: Literal["recipe", "self"] = "recipe"
+    """``recipe``: the traces the data provides. ``self``: rejection sampling — sample ``k`` completions per prompt
+    from the input model and keep those every verifier in ``verifiers`` accepts (DeepSeek-R1's later SFT data)."""
+    k: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    max_prompts: int = 512
+    """Prompts sampled from (the training rows' prompts, in order)."""
+    verifiers: tuple[str, ...] = ("think_format",)
+    """Verifiers that must all accept a sample, on top of each row's own ``verifier``."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.max_prompts < 1 or self.max_new_tokens < 1:
+            raise ValueError("k: k, max_prompts and max_new_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature: must be > 0")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One stage of the pipeline; ``name`` addresses it on the command line."""
 
     name: str
-    kind: Literal["sft"]
+    kind: Literal["sft", "reasoning", "grpo"]
     """Stage kind = module in ``stages/``."""
     data: DataConfig
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -158,10 +187,20 @@ class StageConfig:
     router: RouterPolicy | None = None
     """Overrides ``model.router`` for this stage."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    verifiers: tuple[VerifierSpec, ...] = ()
+    """grpo: reward terms (any name ``rewards.get_verifier`` resolves, with weight, kwargs, time budget)."""
+    traces: TracesConfig | None = None
+    """reasoning: where the traces come from (default: the recipe's)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError("name: letters, digits, '_', '-' and '.' only")
+        if self.kind == "grpo" and not self.verifiers:
+            raise ValueError("verifiers: a grpo stage needs at least one verifier")
+        if self.kind != "grpo" and self.verifiers:
+            raise ValueError(f"verifiers: only grpo stages take verifiers (this stage is {self.kind})")
+        if self.kind != "reasoning" and self.traces is not None:
+            raise ValueError(f"traces: only reasoning stages take traces (this stage is {self.kind})")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ tokenizer over printable ASCII built locally and saved with the model.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import string
 from collections.abc import Callable
@@ -56,14 +58,14 @@ def build_tokenizer() -> Any:
 # ------------------------------------------------------------------------------------------------------ presets
 
 
-def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> Any:
+def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     from transformers import DeepseekV4Config
 
     # 3 layers as in the DeepSeek-V4 notes: layer 0 hash-routed MoE, layers 1-2 top-k routed; 8 routed experts top-2
     # plus 1 shared. Layer 0 uses compressed-sparse attention so the compressor and Lightning Indexer run; the others
     # use sliding-window attention (cheapest, and our sequences fit in the window). hc_mult=2 and 3 Sinkhorn
     # iterations keep the mHC residual ~2x cheaper than the V4 defaults (4, 20) at this size.
-    return DeepseekV4Config(
+    return DeepseekV4Config, dict(
         vocab_size=vocab_size,
         hidden_size=64,
         moe_intermediate_size=64,
@@ -94,10 +96,10 @@ def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> Any:
     )
 
 
-def _tiny_qwen3_moe(vocab_size: int, tok: Any) -> Any:
+def _tiny_qwen3_moe(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     from transformers import Qwen3MoeConfig
 
-    return Qwen3MoeConfig(
+    return Qwen3MoeConfig, dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -118,10 +120,10 @@ def _tiny_qwen3_moe(vocab_size: int, tok: Any) -> Any:
     )
 
 
-def _tiny_mixtral(vocab_size: int, tok: Any) -> Any:
+def _tiny_mixtral(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     from transformers import MixtralConfig
 
-    return MixtralConfig(
+    return MixtralConfig, dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=64,
@@ -139,8 +141,8 @@ def _tiny_mixtral(vocab_size: int, tok: Any) -> Any:
     )
 
 
-# Closed set: preset name -> config builder.
-PRESETS: dict[str, Callable[[int, Any], Any]] = {
+# Closed set: preset name -> (config class, constructor kwargs) builder.
+PRESETS: dict[str, Callable[[int, Any], tuple[type, dict[str, Any]]]] = {
     "tiny-deepseek-v4": _tiny_deepseek_v4,
     "tiny-qwen3-moe": _tiny_qwen3_moe,
     "tiny-mixtral": _tiny_mixtral,
@@ -155,11 +157,15 @@ def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str |
         raise KeyError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)} (or set model.path)")
     tok = build_tokenizer()
     vocab_size = (len(tok) + 7) // 8 * 8
-    config = PRESETS[preset](vocab_size, tok)
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise KeyError(f"model.overrides.{key}: {type(config).__name__} has no such field")
-        setattr(config, key, value)
+    config_cls, kwargs = PRESETS[preset](vocab_size, tok)
+    known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
+    for key in overrides:
+        if known and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            raise KeyError(f"model.overrides.{key}: {config_cls.__name__} has no such field"
+                           + (f"; did you mean {', '.join(close)}?" if close else ""))
+    # through the constructor, so derived fields (rope parameters, layer types) follow the overrides
+    config = config_cls(**{**kwargs, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     moe.init_hash_routing(model, seed)

@@ -92,6 +92,17 @@ def apply_router_policy(model: nn.Module, aux_loss_coef: float | None) -> float:
     return coef
 
 
+def freeze_routers(model: nn.Module) -> int:
+    """Stop gradients to every MoE block's router weights; returns how many tensors were frozen."""
+    n = 0
+    for _, block in find_moe_blocks(model):
+        router = getattr(block, "gate", None) or getattr(block, "router", None)
+        for p in router.parameters():
+            p.requires_grad_(False)
+            n += 1
+    return n
+
+
 @contextlib.contextmanager
 def generation_mode(model: nn.Module) -> Iterator[None]:
     """Turn router-logit output off while generating: on a padded batch it crashes inside the load-balancing loss

@@ -166,3 +166,78 @@ def wrap_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA on %d modules and %d parameters: %d trainable parameters", len(modules), len(params), trainable)
     return peft_model
+
+
+def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
+    """The rows a stage is graded on: ``eval.data``'s held-out split if set, else the stage's own."""
+    from data_recipes import build_rows
+
+    if cfg.eval.data is not None:
+        return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval")
+    # graded by prompt + gold only, so a reasoning stage's held-out rows need no trace
+    kind = "sft" if cfg.kind == "reasoning" else cfg.kind
+    return build_rows(cfg.data, "heldout", ctx.seed, kind) if cfg.data.n_heldout else []
+
+
+def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
+    """Load the stage's input model, apply the router policy (aux-loss coefficient, frozen router)."""
+    from align import modeling, moe
+
+    model, tok = modeling.load_model(ctx.init_dir)
+    logger.info("%s", modeling.describe(model))
+    coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)
+    if ctx.router.freeze:
+        frozen = moe.freeze_routers(model)
+        logger.info("router policy: %d router weight tensors frozen", frozen)
+    return model, tok, coef
+
+
+def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: Any, coef: float) -> Any:
+    """SFT on chat rows with TRL's SFTTrainer (assistant-only loss, MoE aux loss); returns the trained trainer."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg.lora is not None:
+        model = wrap_lora(model, cfg.lora)
+    args = SFTConfig(
+        **{
+            **trainer_defaults(ctx.stage_dir, ctx.seed),
+            "assistant_only_loss": True,
+            "packing": False,
+            "router_aux_loss_coef": coef,
+            **cfg.trainer,
+        }
+    )
+    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                         callbacks=[CompleteCheckpointCallback()])
+    trainer.train_output = train(trainer, ctx.stage_dir)
+    return trainer
+
+
+def finish_stage(trainer: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],
+                 metrics: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """Finalize to ``final/`` (plain HF dir, LoRA merged), grade the held-out rows with it, build the StageResult."""
+    from align import checkpoint, evaluation, modeling
+    from align.checkpoint import StageResult
+
+    final = checkpoint.finalize(trainer.model, tok, ctx.stage_dir / "final")
+    model, tok = modeling.load_model(final)
+    graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    out = getattr(trainer, "train_output", None)
+    metrics.update(
+        heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
+        heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
+        **loss_summary(trainer.state.log_history),
+    )
+    return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
+
+
+def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """If ``eval.before``: grade the input model too (``heldout_accuracy_before``)."""
+    from align import evaluation
+
+    if cfg.eval.before and heldout:
+        metrics["heldout_accuracy_before"] = evaluation.grade_heldout(
+            model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size
+        )["accuracy"]

@@ -20,6 +20,8 @@ ENTRY_POINT_GROUP = "align.recipes"
 # Closed set: built-in recipe name -> module that registers it.
 BUILTINS: dict[str, str] = {
     "arithmetic": "data_recipes.arithmetic",
+    "needle": "data_recipes.needle",
+    "chain": "data_recipes.chain",
 }
 
 _RECIPES: dict[str, Callable[..., list[dict[str, Any]]]] = {}

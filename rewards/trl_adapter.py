@@ -20,6 +20,7 @@ batched, ``**kwargs``-tolerant, one float or ``None`` ("does not apply to this r
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -40,11 +41,18 @@ class VerifierSpec:
     """One reward term: a verifier, its weight, extra kwargs, its per-sample time budget."""
 
     name: str
+    """Built-in or registered name, ``pkg.mod:fn``, ``path/to/file.py:fn`` or an ``align.verifiers`` entry point."""
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for every call (e.g. ``max_len`` for ``overlong``)."""
     timeout_s: float = 10.0
+    """Per-sample time budget; past it the sample scores 0 with status ``timeout``."""
     all_rows: bool = False
     """Score every row (shaping rewards) instead of only rows whose ``verifier`` column names this verifier."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s: must be > 0")
 
 
 @dataclass
@@ -133,8 +141,11 @@ class RewardFunction:
             calls = []
             for i in rows:
                 row = dict(self.spec.kwargs)
-                if metas[i] is not None:
-                    row["meta"] = metas[i]
+                meta = metas[i]
+                if isinstance(meta, str):  # datasets cannot hold per-row dicts of varying shape: JSON in a string
+                    meta = json.loads(meta) if meta else None
+                if meta is not None:
+                    row["meta"] = meta
                 calls.append((completion_text(completions[i]), "" if answers[i] is None else str(answers[i]), row))
             verdicts = self._score(calls) if calls else []
         except Exception as exc:  # never raise into the trainer

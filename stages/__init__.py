@@ -19,4 +19,6 @@ def _lazy(module: str) -> Callable[..., Any]:
 
 STAGES: dict[str, Callable[..., Any]] = {
     "sft": _lazy("sft"),
+    "reasoning": _lazy("reasoning"),
+    "grpo": _lazy("grpo"),
 }

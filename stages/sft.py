@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from align import checkpoint, evaluation, modeling, moe, training
+from align import training
 from align.checkpoint import StageResult
 from data_recipes import build_rows
 
@@ -23,50 +23,18 @@ logger = logging.getLogger(__name__)
 
 def run(cfg: Any, ctx: Any) -> StageResult:
     """Run the SFT stage ``cfg`` (a StageConfig) in ``ctx`` (a StageContext); returns the finalized result."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     # data: train rows for the trainer, held-out rows for grading (disjoint by construction)
     train_rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
-    heldout_rows = build_rows(cfg.data, "heldout", ctx.seed, cfg.kind) if cfg.data.n_heldout else []
+    heldout = training.heldout_rows(cfg, ctx)
 
     # model: plain HF dir in, router policy applied
-    model, tok = modeling.load_model(ctx.init_dir)
-    logger.info("%s", modeling.describe(model))
-    coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)
+    model, tok, coef = training.prepare_model(ctx, cfg)
     metrics: dict[str, Any] = {"aux_loss_coef": coef}
-    if cfg.eval.before and heldout_rows:
-        metrics["heldout_accuracy_before"] = evaluation.grade_heldout(
-            model, tok, heldout_rows, cfg.eval.max_new_tokens, cfg.eval.batch_size
-        )["accuracy"]
-    if cfg.lora is not None:
-        model = training.wrap_lora(model, cfg.lora)
+    training.grade_before(model, tok, cfg, heldout, metrics)
 
     # trainer: our defaults, then the YAML's trainer block (TRL fields, validated at config load)
-    args = SFTConfig(
-        **{
-            **training.trainer_defaults(ctx.stage_dir, ctx.seed),
-            "assistant_only_loss": True,
-            "packing": False,
-            "router_aux_loss_coef": coef,
-            **cfg.trainer,
-        }
-    )
-    dataset = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tok,
-        callbacks=[training.CompleteCheckpointCallback()],
-    )
-    out = training.train(trainer, ctx.stage_dir)
+    trainer = training.train_sft(model, tok, train_rows, cfg, ctx, coef)
 
     # finalize: plain HF dir (LoRA merged), then grade the held-out split with the final weights
-    final = checkpoint.finalize(trainer.model, tok, ctx.stage_dir / "final")
-    model, tok = modeling.load_model(final)
-    graded = evaluation.grade_heldout(model, tok, heldout_rows, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    metrics.update(
-        heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
-        heldout_examples=graded["examples"], train_loss=out.training_loss,
-        **training.loss_summary(trainer.state.log_history),
-    )
-    return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics,
-                       extra={"n_train": len(train_rows), "n_heldout": len(heldout_rows)})
+    return training.finish_stage(trainer, tok, cfg, ctx, heldout, metrics,
+                                 {"n_train": len(train_rows), "n_heldout": len(heldout)})

@@ -50,11 +50,32 @@ def test_smoke_pipeline_manifest_and_final_dir(smoke_run):
     assert not rows[0]["skipped"]
 
 
+def test_chain_sft_reasoning_grpo(smoke_run):
+    """Every stage starts from the previous one's final/, changes the parameters, and logs its metrics."""
+    _, out, rows = smoke_run
+    names = ["00_sft", "01_reasoning", "02_grpo"]
+    assert [r["stage"] for r in rows] == ["sft", "reasoning", "grpo"]
+    manifests = [json.loads((out / n / "manifest.json").read_text()) for n in names]
+    assert all(m["status"] == "completed" for m in manifests)
+    for prev, m in zip(names, manifests[1:]):
+        assert m["input_model"] == str(out / prev / "final")
+        assert m["input_hash"] == json.loads((out / prev / "manifest.json").read_text())["output_hash"]
+    finals = [weights(out / "base")] + [weights(out / n / "final") for n in names]
+    for before, after, name in zip(finals, finals[1:], names):
+        changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+        assert changed, f"{name} changed no parameter"
+    grpo = manifests[2]["metrics"]
+    assert set(grpo["verifiers"]) == {"exact", "retrieval", "think_format"}
+    assert grpo["verifiers"]["exact"]["n"] > 0 and grpo["verifiers"]["retrieval"]["n"] > 0  # a multi-task batch
+    assert "reward_first" in grpo and grpo["aux_loss_coef"] == 0.001
+    assert manifests[1]["metrics"]["trace_source"] == "recipe"
+
+
 def test_rerun_skips_and_changed_config_refuses(smoke_run):
     cfg, out, _ = smoke_run
     t0 = time.time()
     rows = run_pipeline(cfg)
-    assert rows[0]["skipped"] and time.time() - t0 < 10
+    assert all(r["skipped"] for r in rows) and time.time() - t0 < 15
     changed = load_config(SMOKE, [f"output_dir={out}", "stages.sft.trainer.learning_rate=1e-3"])
     with pytest.raises(PipelineError, match="different config"):
         run_pipeline(changed)
@@ -72,7 +93,7 @@ def test_only_stage_from_any_model_dir(smoke_run, tmp_path):
 
 def test_cli_dry_run_and_bad_config_exit_code(tmp_path):
     proc = run_cli(str(SMOKE), f"output_dir={tmp_path}", "--dry-run")
-    assert proc.returncode == 0 and "00_sft" in proc.stdout and "kind=sft" in proc.stdout
+    assert proc.returncode == 0 and "00_sft" in proc.stdout and "02_grpo  kind=grpo" in proc.stdout
     assert not (tmp_path / "00_sft").exists()
     proc = run_cli(str(SMOKE), "stages.sft.trainer.learning_rate=-1")
     assert proc.returncode == 2 and "learning_rate" in proc.stderr and "smoke.yaml" in proc.stderr
@@ -83,7 +104,7 @@ def _complete_ckpts(stage: Path) -> list[Path]:
 
 
 def test_sigkill_mid_stage_then_resume(tmp_path):
-    args = [str(SMOKE), f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=400", "stages.sft.trainer.save_steps=20",
+    args = [str(SMOKE), "--only", "sft", f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=400", "stages.sft.trainer.save_steps=20",
             "stages.sft.trainer.per_device_train_batch_size=8", "stages.sft.data.n_train=4000"]
     proc = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -109,7 +130,7 @@ def test_truncated_checkpoint_is_skipped_not_fatal(tmp_path):
     from align.checkpoint import last_complete_checkpoint
 
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=8", "stages.sft.trainer.save_steps=4"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, only="sft")
     stage = tmp_path / "00_sft"
     # simulate a kill mid-save of the newest checkpoint, and a dir without a marker
     newest = stage / "checkpoint-8"
@@ -122,14 +143,14 @@ def test_truncated_checkpoint_is_skipped_not_fatal(tmp_path):
     m = json.loads((stage / "manifest.json").read_text())
     m["status"] = "running"
     (stage / "manifest.json").write_text(json.dumps(m))
-    rows = run_pipeline(cfg)
+    rows = run_pipeline(cfg, only="sft")
     assert not rows[0]["skipped"] and rows[0]["steps"] == 8
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen3-moe", "tiny-mixtral"])
 def test_other_presets_train(tmp_path, preset):
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", f"model.preset={preset}", "stages.sft.trainer.max_steps=6"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, only="sft")
     before, after = weights(tmp_path / "base"), weights(tmp_path / "00_sft" / "final")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     m = json.loads((tmp_path / "00_sft" / "manifest.json").read_text())["metrics"]
@@ -141,7 +162,7 @@ def test_lora_on_experts_router_attention_is_merged(tmp_path):
 
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=6",
                               "stages.sft.lora={r: 4, alpha: 8}", "stages.sft.trainer.learning_rate=1e-2"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, only="sft")
     final = tmp_path / "00_sft" / "final"
     assert not (final / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(final)

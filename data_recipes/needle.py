@@ -1,0 +1,74 @@
+"""Needle retrieval: a code word hidden at a stated depth of a filler context; the answer is the code word.
+
+Graded by the ``retrieval`` verifier (normalised exact match; listing candidates or copying the context scores 0).
+Deterministic by seed. Train and held-out splits are disjoint by construction: the code word decides the split
+(a hash bucket), so no held-out needle ever appears in training.
+
+Row: ``prompt`` (the context then the question), ``answer`` (the code word), ``verifier="retrieval"``,
+``meta={"depth": d, "needle_char": i}`` (the needle's fractional depth and character offset in the context),
+and ``messages`` (prompt + answer, for SFT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from typing import Any, Literal
+
+from data_recipes.registry import register_recipe
+
+HELDOUT_PERCENT = 10
+FILLER = ("the sky was grey and the road was long . birds sang in the old oak . a cart went by slowly . "
+          "rain fell on the hills . the river ran past the mill . ").split()
+
+
+def _heldout(word: str) -> bool:
+    return int(hashlib.sha256(word.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
+
+
+def _code_word(rng: random.Random) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10))
+
+
+def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> tuple[str, int]:
+    """Filler text of about ``chars`` characters with ``needle`` inserted at fraction ``depth``; returns (text, offset)."""
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < chars:
+        words.append(rng.choice(FILLER))
+    text = " ".join(words)
+    cut = int(len(text) * depth)
+    cut = text.rfind(" ", 0, cut) + 1 if cut < len(text) else len(text)  # at a word boundary
+    return text[:cut] + needle + " " + text[cut:], cut
+
+
+@register_recipe("needle")
+def needle(
+    split: Literal["train", "heldout"],
+    n: int,
+    seed: int,
+    context_chars: int = 120,
+    depths: tuple[float, ...] | list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """``n`` needle problems; ``depths`` cycles through given fractions (default: uniform random depth)."""
+    if context_chars < 10:
+        raise ValueError("needle: context_chars must be >= 10")
+    rng = random.Random(f"needle/{split}/{seed}")
+    want_heldout = split == "heldout"
+    rows, seen = [], set()
+    while len(rows) < n:
+        word = _code_word(rng)
+        if word in seen or _heldout(word) != want_heldout:
+            continue
+        seen.add(word)
+        depth = depths[len(rows) % len(depths)] if depths else rng.random()
+        context, offset = build_context(rng, context_chars, f"the code word is {word} .", depth)
+        prompt = [{"role": "user", "content": f"{context}\nWhat is the code word?"}]
+        rows.append({
+            "messages": [*prompt, {"role": "assistant", "content": word}],
+            "prompt": prompt,
+            "answer": word,
+            "verifier": "retrieval",
+            "meta": {"depth": depth, "needle_char": offset},
+        })
+    return rows

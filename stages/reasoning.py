@@ -1,0 +1,77 @@
+"""Reasoning-trace tuning: SFT on assistant turns that carry a ``<think>…</think>`` trace before the answer.
+
+What it is here: the same objective as ``sft`` (assistant-only cross-entropy + MoE aux loss, on TRL's SFTTrainer,
+through the same helpers — not a subclass), on rows whose assistant turn reasons first. The traces come from
+``traces.source``:
+
+- ``recipe``: the traces the data recipe writes (e.g. column-by-column arithmetic);
+- ``self``: rejection sampling, as in DeepSeek-R1's later SFT stages — sample ``k`` completions per training prompt
+  from the *input* model (temperature ``traces.temperature``), keep the ones that the row's own verifier and every
+  verifier in ``traces.verifiers`` (default ``think_format``) accept, and train on those. The acceptance rate goes
+  into the manifest; a run where nothing is accepted stops with an error instead of training on nothing.
+
+Launch: ``python run_pipeline.py configs/default.yaml --only reasoning [--init-from DIR]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from align import evaluation, training
+from align.checkpoint import StageResult
+from data_recipes import DataError, build_rows
+from rewards import get_verifier
+
+logger = logging.getLogger(__name__)
+
+
+def sample_accepted_traces(model: Any, tok: Any, rows: list[dict[str, Any]], traces: Any) -> tuple[list[dict], dict]:
+    """Rejection sampling: chat rows built from the sampled completions every verifier accepts, plus stats."""
+    rows = rows[: traces.max_prompts]
+    pairs = [evaluation.prompt_and_gold(r) for r in rows]
+    samples = evaluation.generate(
+        model, tok, [p for p, _ in pairs], traces.max_new_tokens, batch_size=max(1, 256 // traces.k),
+        desc="rejection sampling", do_sample=True, temperature=traces.temperature, top_k=0,
+        num_return_sequences=traces.k,
+    )
+    filters = [get_verifier(name) for name in traces.verifiers]
+    accepted: list[dict[str, Any]] = []
+    for i, (row, (prompt, gold)) in enumerate(zip(rows, pairs)):
+        own = get_verifier(row.get("verifier", "exact"))
+        meta = {"meta": row["meta"]} if row.get("meta") is not None else {}
+        for completion in samples[i * traces.k : (i + 1) * traces.k]:
+            if own(completion, gold, **meta).accepted and all(f(completion, gold, **meta).accepted for f in filters):
+                accepted.append({**row, "messages": [*prompt, {"role": "assistant", "content": completion}]})
+    stats = {"sampled": len(samples), "accepted": len(accepted),
+             "acceptance_rate": len(accepted) / len(samples) if samples else 0.0}
+    return accepted, stats
+
+
+def run(cfg: Any, ctx: Any) -> StageResult:
+    """Run the reasoning stage ``cfg`` in ``ctx``; returns the finalized result."""
+    source = cfg.traces.source if cfg.traces else "recipe"
+
+    # data: recipe rows (their assistant turns carry traces when source=recipe; only prompts are used when self)
+    rows = build_rows(cfg.data, "train", ctx.seed, "sft" if source == "self" else cfg.kind)
+    heldout = training.heldout_rows(cfg, ctx)
+
+    # model: the input model (also the sampler for self-generated traces)
+    model, tok, coef = training.prepare_model(ctx, cfg)
+    metrics: dict[str, Any] = {"aux_loss_coef": coef, "trace_source": source}
+    training.grade_before(model, tok, cfg, heldout, metrics)
+    if source == "self":
+        rows, stats = sample_accepted_traces(model, tok, rows, cfg.traces)
+        metrics["rejection_sampling"] = stats
+        logger.info("rejection sampling: %d of %d samples accepted (%.1f%%)", stats["accepted"], stats["sampled"],
+                    100 * stats["acceptance_rate"])
+        if not rows:
+            raise DataError(f"stage {cfg.name!r}: rejection sampling accepted no sample; raise traces.k or "
+                            "traces.temperature, or start from a stronger model")
+
+    # trainer: SFT on the traces
+    trainer = training.train_sft(model, tok, rows, cfg, ctx, coef)
+
+    # finalize and grade
+    return training.finish_stage(trainer, tok, cfg, ctx, heldout, metrics,
+                                 {"n_train": len(rows), "n_heldout": len(heldout)})
