@@ -33,19 +33,30 @@ def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_
     model.eval()
     tok.padding_side = "left"
     texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    out: list[str] = []
+    # Batch only prompts of equal token length: left padding is not neutral for every architecture (DeepSeek-V4's
+    # compressed-sparse-attention layers pool pad positions into their blocks: logits move by ~0.1 when a prompt is
+    # left-padded), so greedy grading never pads. Results come back in the input order.
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    buckets: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        buckets.setdefault(n, []).append(i)
+    batches = [ids[k : k + batch_size] for ids in buckets.values() for k in range(0, len(ids), batch_size)]
+    n_ret = int(gen_kwargs.get("num_return_sequences", 1))
+    out: list[list[str]] = [[] for _ in texts]
     gen_kwargs = {"do_sample": False, **gen_kwargs}
     with moe.generation_mode(model):
-        for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-            batch = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        for idx in tqdm(batches, desc=desc, leave=False):
+            batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             seq = model.generate(
                 **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 **gen_kwargs,
             )
-            out.extend(tok.batch_decode(seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+            decoded = tok.batch_decode(seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                out[i] = decoded[j * n_ret : (j + 1) * n_ret]
     model.train(was_training)
-    return out
+    return [c for group in out for c in group]
 
 
 def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> dict[str, Any]:

@@ -62,9 +62,13 @@ def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     from transformers import DeepseekV4Config
 
     # 3 layers as in the DeepSeek-V4 notes: layer 0 hash-routed MoE, layers 1-2 top-k routed; 8 routed experts top-2
-    # plus 1 shared. Layer 0 uses compressed-sparse attention so the compressor and Lightning Indexer run; the others
-    # use sliding-window attention (cheapest, and our sequences fit in the window). hc_mult=2 and 3 Sinkhorn
-    # iterations keep the mHC residual ~2x cheaper than the V4 defaults (4, 20) at this size.
+    # plus 1 shared. The last layer uses compressed-sparse attention so the compressor and Lightning Indexer run; the
+    # others use sliding-window attention (cheapest, and our sequences fit in the window). Where the CSA layer sits
+    # matters: measured on 3-digit addition traces (400 steps), CSA in layer 0 reached 7 % held-out, all-sliding 52 %,
+    # CSA last 96 % — a first layer that only sees compressed blocks cannot do exact digit lookups. hc_mult=2 and 3 Sinkhorn
+    # iterations keep the mHC residual ~2x cheaper than the V4 defaults (4, 20) at this size. V4's default rotary
+    # fraction (64/512 of head_dim) would leave 4 rotary dims at head_dim 32; half the head gets RoPE instead, which
+    # took chain-arithmetic trace loss from 0.89 to 0.59 at 300 steps (position lookups need the rotary dims).
     return DeepseekV4Config, dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -74,10 +78,11 @@ def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
         num_key_value_heads=1,
         head_dim=32,
         q_lora_rank=32,
+        partial_rotary_factor=0.5,
         num_experts_per_tok=2,
         n_routed_experts=8,
         n_shared_experts=1,
-        layer_types=["compressed_sparse_attention", "sliding_attention", "sliding_attention"],
+        layer_types=["sliding_attention", "sliding_attention", "compressed_sparse_attention"],
         mlp_layer_types=["hash_moe", "moe", "moe"],
         compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16},
         hc_mult=2,
@@ -147,6 +152,15 @@ PRESETS: dict[str, Callable[[int, Any], tuple[type, dict[str, Any]]]] = {
     "tiny-qwen3-moe": _tiny_qwen3_moe,
     "tiny-mixtral": _tiny_mixtral,
 }
+
+
+def preset_signature(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides a preset's weights (class, constructor kwargs, tokenizer vocab), for hashing."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)} (or set model.path)")
+    tok = build_tokenizer()
+    config_cls, kwargs = PRESETS[preset](len(tok), tok)
+    return {"class": config_cls.__name__, "kwargs": {**kwargs, **overrides}, "vocab": tok.get_vocab()}
 
 
 def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str | Path) -> Path:

@@ -71,7 +71,8 @@ def ensure_base(cfg: PipelineConfig) -> Path:
     from align import modeling
 
     base = cfg.run_dir / "base"
-    want = config_hash({"preset": cfg.model.preset, "overrides": cfg.model.overrides, "seed": cfg.seed})
+    # the preset's content, not just its name: editing a preset rebuilds the base (and so reruns every stage)
+    want = config_hash({"preset": modeling.preset_signature(cfg.model.preset, cfg.model.overrides), "seed": cfg.seed})
     manifest = checkpoint.read_json(base / "manifest.json")
     if manifest and manifest.get("config_hash") == want and (base / "config.json").is_file():
         return base

@@ -1,0 +1,29 @@
+"""Held-out generation: input order kept, no prompt ever left-padded (DeepSeek-V4's CSA is not padding-neutral)."""
+
+from __future__ import annotations
+
+import torch
+
+from align import evaluation, modeling
+
+
+def test_left_padding_moves_deepseek_v4_logits_and_generate_avoids_it(tmp_path):
+    base = modeling.build_base("tiny-deepseek-v4", {}, 0, tmp_path / "m")
+    model, tok = modeling.load_model(base)
+    model.eval()
+    # the stack fact the bucketing exists for
+    ids = tok("<|user|>123+456=<|end|><|assistant|>", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    padded = torch.cat([torch.full((1, 9), tok.pad_token_id), ids], 1)
+    mask = torch.cat([torch.zeros(1, 9, dtype=torch.long), torch.ones_like(ids)], 1)
+    with torch.no_grad():
+        a = model(input_ids=ids).logits[0, -1]
+        b = model(input_ids=padded, attention_mask=mask).logits[0, -1]
+    assert (a - b).abs().max() > 1e-3
+    # batched generation equals one-by-one generation, in input order, with several lengths in one call
+    prompts = [[{"role": "user", "content": c}] for c in ["1+2=", "123+456=", "7=", "the code word is abc1 ."]]
+    batched = evaluation.generate(model, tok, prompts, max_new_tokens=6, batch_size=8)
+    single = [evaluation.generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    # num_return_sequences stays grouped per prompt
+    multi = evaluation.generate(model, tok, prompts, 4, 8, do_sample=True, num_return_sequences=3)
+    assert len(multi) == 12
