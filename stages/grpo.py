@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from align import training
 from align.checkpoint import StageResult
 from data_recipes import build_rows
+from rewards.think_format import template_prefills_think
 from rewards.trl_adapter import build_reward_functions
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,13 @@ def run(cfg: Any, ctx: Any) -> StageResult:
     if cfg.lora is not None:
         model = training.wrap_lora(model, cfg.lora)
 
-    # rewards: one TRL reward function per verifier spec, weights to GRPOConfig
-    reward_funcs, weights = build_reward_functions(list(cfg.verifiers))
+    # rewards: one TRL reward function per verifier spec, weights to GRPOConfig. Whether the chat template pre-fills
+    # <think> is decided once here from the template, not guessed per sample.
+    specs = list(cfg.verifiers)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+    if template_prefills_think(rendered):
+        specs = [replace(s, kwargs={"prefilled": True, **s.kwargs}) if s.name == "think_format" else s for s in specs]
+    reward_funcs, weights = build_reward_functions(specs)
 
     # trainer
     args = GRPOConfig(**{

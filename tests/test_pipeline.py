@@ -99,6 +99,15 @@ def test_cli_dry_run_and_bad_config_exit_code(tmp_path):
     assert proc.returncode == 2 and "learning_rate" in proc.stderr and "smoke.yaml" in proc.stderr
 
 
+def test_cli_lists_stages_and_verifiers():
+    proc = run_cli("--list-stages")
+    assert proc.returncode == 0 and proc.stdout.split() == ["sft", "reasoning", "grpo"]
+    proc = run_cli("--list-verifiers")
+    assert proc.returncode == 0
+    for name in ("exact", "math", "code", "instructions", "retrieval", "think_format", "overlong", "repetition"):
+        assert f"rewards/{name}.py" in proc.stdout
+
+
 def _complete_ckpts(stage: Path) -> list[Path]:
     return sorted(stage.glob("checkpoint-*/align_complete.json"))
 

@@ -81,3 +81,23 @@ def test_mixture_weights_dedup_and_length_filter(tmp_path, caplog):
     short = DataConfig(sources=(SourceConfig(recipe="arithmetic", kwargs={"digits": 3}),), n_train=50, n_heldout=0, max_chars=10)
     with pytest.raises(DataError, match="empty"):
         build_rows(short, "train", 0, "sft")
+
+
+def test_parquet_and_saved_datasets_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    for path in (tmp_path / "d.parquet", tmp_path / "ds"):
+        data = DataConfig(sources=(SourceConfig(path=str(path)),), n_train=40, n_heldout=0, heldout_fraction=0.1)
+        got = build_rows(data, "train", 0, "sft")
+        assert 30 < len(got) <= 40 and all(r["messages"][1]["content"].startswith("a") for r in got)
+    bad = [{"messages": [{"role": "user", "content": "x"}]}]  # no assistant turn
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="bad.parquet: row 1: the last message must be the assistant"):
+        build_rows(DataConfig(sources=(SourceConfig(path=str(tmp_path / "bad.parquet")),), n_train=1, n_heldout=0),
+                   "train", 0, "sft")
