@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rewards.parsing import MAX_ANSWER_CHARS, answer_section, clean_text, final_answer, is_candidate_listing
+from rewards.parsing import clean_text, extract_final
 from rewards.registry import register_verifier
-from rewards.types import Verdict, ok, unparseable, wrong
+from rewards.types import Verdict, ok, wrong
 
 
 def normalize_literal(text: str) -> str:
@@ -37,16 +37,9 @@ def normalize_literal(text: str) -> str:
 @register_verifier("exact")
 def verify(completion: str, answer: str, **row: Any) -> Verdict:
     """Score 1 when the final answer is literally the gold answer."""
-    section = answer_section(completion)
-    if section is None:
-        return unparseable("reasoning block never closed")
-    if len(section) > MAX_ANSWER_CHARS:
-        return wrong({"reason": "answer too long", "chars": len(section)})
-    parsed, candidates = final_answer(section)
-    if parsed is None:
-        return unparseable("empty answer")
-    if is_candidate_listing(candidates):
-        return wrong({"reason": "candidate listing", "candidates": candidates[:5]})
+    parsed = extract_final(completion)
+    if isinstance(parsed, Verdict):
+        return parsed
     got, gold = normalize_literal(parsed), normalize_literal(str(answer))
     info = {"parsed": got[:200]}
     return ok(info) if got == gold else wrong(info)

@@ -25,9 +25,9 @@ import functools
 import re
 from typing import Any
 
-from rewards.parsing import MAX_ANSWER_CHARS, answer_section, clean_text, final_answer, is_candidate_listing
+from rewards.parsing import clean_text, extract_final
 from rewards.registry import register_verifier
-from rewards.types import Verdict, ok, unparseable, wrong
+from rewards.types import Verdict, ok, wrong
 
 TIMEOUT_S = 1.5  # hard wall-clock kill of the worker; Math-Verify's own parse/verify timeouts are 1 s each
 MAX_MATH_CHARS = 1000
@@ -70,16 +70,9 @@ def equivalence(completion: str, answer: str, **row: Any) -> Verdict:
 @register_verifier("math")
 def verify(completion: str, answer: str, **row: Any) -> Verdict:
     """Score 1 when the final answer is mathematically equivalent to the gold answer, under our policy."""
-    section = answer_section(completion)
-    if section is None:
-        return unparseable("reasoning block never closed")
-    if len(section) > MAX_ANSWER_CHARS:
-        return wrong({"reason": "answer too long", "chars": len(section)})
-    pred, candidates = final_answer(clean_text(section))
-    if not pred:
-        return unparseable("empty answer")
-    if is_candidate_listing(candidates):
-        return wrong({"reason": "candidate listing", "candidates": candidates[:5]})
+    pred = extract_final(completion)
+    if isinstance(pred, Verdict):
+        return pred
     if len(pred) > MAX_MATH_CHARS:
         return wrong({"reason": "answer expression too long", "chars": len(pred)})
     gold = clean_text(str(answer)).strip()

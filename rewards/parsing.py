@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from rewards.types import Verdict, unparseable, wrong
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 MAX_ANSWER_CHARS = 20_000  # answers longer than this are not answers; keeps every verifier's cost bounded
@@ -80,3 +82,25 @@ def clean_text(text: str) -> str:
 def is_candidate_listing(candidates: list[str]) -> bool:
     """Several distinct boxed answers: the model hedged between candidates."""
     return len({c.strip() for c in candidates}) > 1
+
+
+def extract_final(completion: str, max_chars: int = MAX_ANSWER_CHARS) -> str | Verdict:
+    r"""The common policy in one place: the cleaned final answer after the reasoning, or the Verdict rejecting the
+    completion (reasoning never closed, empty, longer than ``max_chars``, or a candidate listing).
+
+    >>> extract_final("<think>maybe 3</think> \\boxed{4}")
+    '4'
+    >>> extract_final("\\boxed{4} \\boxed{5}").status
+    'wrong'
+    """
+    section = answer_section(completion)
+    if section is None:
+        return unparseable("reasoning block never closed")
+    if len(section) > max_chars:
+        return wrong({"reason": "answer too long", "chars": len(section)})
+    parsed, candidates = final_answer(clean_text(section))
+    if not parsed:
+        return unparseable("empty answer")
+    if is_candidate_listing(candidates):
+        return wrong({"reason": "candidate listing", "candidates": candidates[:5]})
+    return parsed

@@ -30,5 +30,5 @@ def verify(completion: str, answer: str = "", n: int = 3, **row: Any) -> Verdict
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return Verdict(0.0, "ok", {"ngrams": 0})
-    score = -(1.0 - len(set(grams)) / len(grams))
+    score = len(set(grams)) / len(grams) - 1.0
     return Verdict(score, "ok", {"ngrams": len(grams)})

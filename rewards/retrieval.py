@@ -19,9 +19,9 @@ import re
 import string
 from typing import Any
 
-from rewards.parsing import answer_section, clean_text, final_answer, is_candidate_listing
+from rewards.parsing import clean_text, extract_final
 from rewards.registry import register_verifier
-from rewards.types import Verdict, ok, unparseable, wrong
+from rewards.types import Verdict, ok, wrong
 
 _STRIP = string.whitespace + string.punctuation.replace("-", "").replace("_", "") + "\u201c\u201d\u2018\u2019"
 
@@ -35,17 +35,10 @@ def normalize(text: str) -> str:
 @register_verifier("retrieval")
 def verify(completion: str, answer: str, **row: Any) -> Verdict:
     """Score 1 when the answer is the needle itself."""
-    section = answer_section(completion)
-    if section is None:
-        return unparseable("reasoning block never closed")
     gold = normalize(str(answer))
-    if len(section) > max(4 * len(gold), 64) * 4:
-        return wrong({"reason": "answer is far longer than the needle (context copied?)", "chars": len(section)})
-    pred, candidates = final_answer(section)
-    if not pred:
-        return unparseable("empty answer")
-    if is_candidate_listing(candidates):
-        return wrong({"reason": "candidate listing", "candidates": candidates[:5]})
+    pred = extract_final(completion, max_chars=max(4 * len(gold), 64) * 4)  # longer: the context was copied
+    if isinstance(pred, Verdict):
+        return pred
     got = normalize(pred)
     if len(got) > max(4 * len(gold), 64):
         return wrong({"reason": "answer is far longer than the needle (context copied?)"})
