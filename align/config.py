@@ -115,8 +115,8 @@ class DataConfig:
             raise ValueError("n_train: must be >= 1")
         if self.n_heldout < 0:
             raise ValueError("n_heldout: must be >= 0")
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError("heldout_fraction: must be in (0, 1)")
+        if not 0.01 <= self.heldout_fraction < 1:
+            raise ValueError("heldout_fraction: must be in [0.01, 1) (splits are drawn in 1 % buckets)")
 
 
 @dataclass(frozen=True)

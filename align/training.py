@@ -51,17 +51,6 @@ class CompleteCheckpointCallback(TrainerCallback):
                 mark_complete(ckpt)
 
 
-class LossHistoryCallback(TrainerCallback):
-    """Keeps every logged record (loss, aux_loss, rewards...) for the manifest."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if logs:
-            self.records.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
-
-
 @contextlib.contextmanager
 def typed_checkpoint_configs() -> Iterator[None]:
     """Make ``PreTrainedConfig.from_json_file`` build the config class the file names.
@@ -192,8 +181,8 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     return model, tok, coef
 
 
-def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: Any, coef: float) -> Any:
-    """SFT on chat rows with TRL's SFTTrainer (assistant-only loss, MoE aux loss); returns the trained trainer."""
+def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: Any, coef: float) -> tuple[Any, Any]:
+    """SFT on chat rows with TRL's SFTTrainer (assistant-only loss, MoE aux loss); returns (trainer, train output)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -211,11 +200,10 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          callbacks=[CompleteCheckpointCallback()])
-    trainer.train_output = train(trainer, ctx.stage_dir)
-    return trainer
+    return trainer, train(trainer, ctx.stage_dir)
 
 
-def finish_stage(trainer: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],
+def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],
                  metrics: dict[str, Any], extra: dict[str, Any]) -> Any:
     """Finalize to ``final/`` (plain HF dir, LoRA merged), grade the held-out rows with it, build the StageResult."""
     from align import checkpoint, evaluation, modeling
@@ -224,7 +212,6 @@ def finish_stage(trainer: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[
     final = checkpoint.finalize(trainer.model, tok, ctx.stage_dir / "final")
     model, tok = modeling.load_model(final)
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    out = getattr(trainer, "train_output", None)
     metrics.update(
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
         heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),

@@ -1,7 +1,7 @@
 """Integer arithmetic (``a + b``, ``a - b``) with exact answers and column-by-column reasoning traces.
 
 Deterministic by seed. Train and held-out splits are disjoint by construction: a problem belongs to the held-out
-split iff a hash of its text falls in the held-out bucket (``HELDOUT_PERCENT`` of the problem space), and each split
+split iff a hash of its text falls in the held-out bucket (``data_recipes.splits``, 10 % of the space), and each split
 only ever emits problems of its own bucket.
 
 Row: ``messages`` (user prompt + assistant answer, with a ``<think>`` trace when ``style="trace"``), ``prompt``,
@@ -10,18 +10,11 @@ Row: ``messages`` (user prompt + assistant answer, with a ``<think>`` trace when
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any, Literal
 
 from data_recipes.registry import register_recipe
-
-HELDOUT_PERCENT = 10
-
-
-def is_heldout(problem: str) -> bool:
-    """The split a problem text belongs to (stable across Python runs; not ``hash()``)."""
-    return int(hashlib.sha256(problem.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
+from data_recipes.splits import in_heldout
 
 
 def column_trace(a: int, op: str, b: int) -> str:
@@ -86,7 +79,7 @@ def arithmetic(
         budget -= 1
         a, op, b = _problem(rng, digits, ops, mixed_lengths)
         text = f"{a}{op}{b}="
-        if text in seen or is_heldout(text) != want_heldout:
+        if text in seen or in_heldout(text) != want_heldout:
             continue
         seen.add(text)
         answer = str(a + b if op == "+" else a - b)

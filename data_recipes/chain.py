@@ -8,18 +8,11 @@ of the problem text picks its split). Graded by ``exact``.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any, Literal
 
 from data_recipes.registry import register_recipe
-
-HELDOUT_PERCENT = 10
-
-
-def is_heldout(problem: str) -> bool:
-    """The split a problem text belongs to."""
-    return int(hashlib.sha256(problem.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
+from data_recipes.splits import in_heldout
 
 
 def running_trace(terms: list[int], ops: list[str]) -> tuple[str, int]:
@@ -62,7 +55,7 @@ def chain(
         terms = [rng.randint(0, max_value) for _ in range(k)]
         signs = [rng.choice(list(ops)) for _ in range(k - 1)]
         text = str(terms[0]) + "".join(f"{o}{t}" for o, t in zip(signs, terms[1:])) + "="
-        if text in seen or is_heldout(text) != want_heldout:
+        if text in seen or in_heldout(text) != want_heldout:
             continue
         seen.add(text)
         trace, result = running_trace(terms, signs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError, validate_rows
+from data_recipes.splits import in_heldout
 
 logger = logging.getLogger(__name__)
 
@@ -18,11 +18,6 @@ def row_key(row: dict[str, Any]) -> str:
     """Canonical identity of a row's prompt (``prompt`` if present, else every message but the last)."""
     prompt = row.get("prompt") or row.get("messages", [])[:-1]
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-
-
-def _in_heldout(row: dict[str, Any], fraction: float) -> bool:
-    digest = int(hashlib.sha256(row_key(row).encode()).hexdigest()[:8], 16)
-    return digest % 10_000 < fraction * 10_000
 
 
 def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
@@ -67,7 +62,7 @@ def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fra
         return rows[:n]
     rows, lines = read_file_rows(src.path)
     validate_rows(rows, kind, str(src.path), lines)
-    mine = [r for r in rows if _in_heldout(r, heldout_fraction) == (split == "heldout")]
+    mine = [r for r in rows if in_heldout(row_key(r), heldout_fraction) == (split == "heldout")]
     if len(mine) < n:
         logger.warning("%s: %d %s rows available, %d asked for; using all", src.path, len(mine), split, n)
     return mine[:n]

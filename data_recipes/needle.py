@@ -11,20 +11,15 @@ and ``messages`` (prompt + answer, for SFT).
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 from typing import Any, Literal
 
 from data_recipes.registry import register_recipe
+from data_recipes.splits import in_heldout
 
-HELDOUT_PERCENT = 10
 FILLER = ("the sky was grey and the road was long . birds sang in the old oak . a cart went by slowly . "
           "rain fell on the hills . the river ran past the mill . ").split()
-
-
-def _heldout(word: str) -> bool:
-    return int(hashlib.sha256(word.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
 
 
 def _code_word(rng: random.Random) -> str:
@@ -37,7 +32,7 @@ def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> 
     while sum(len(w) + 1 for w in words) < chars:
         words.append(rng.choice(FILLER))
     text = " ".join(words)
-    cut = int(len(text) * depth)
+    cut = int((len(text) + len(needle) + 1) * depth)  # depth is measured in the final context, needle included
     cut = text.rfind(" ", 0, cut) + 1 if cut < len(text) else len(text)  # at a word boundary
     return text[:cut] + needle + " " + text[cut:], cut
 
@@ -58,7 +53,7 @@ def needle(
     rows, seen = [], set()
     while len(rows) < n:
         word = _code_word(rng)
-        if word in seen or _heldout(word) != want_heldout:
+        if word in seen or in_heldout(word) != want_heldout:
             continue
         seen.add(word)
         depth = depths[len(rows) % len(depths)] if depths else rng.random()

@@ -91,12 +91,12 @@ def run(cfg: Any, ctx: Any) -> StageResult:
     })
     trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                           reward_funcs=reward_funcs, callbacks=[training.CompleteCheckpointCallback()])
-    trainer.train_output = training.train(trainer, ctx.stage_dir)
+    out = training.train(trainer, ctx.stage_dir)
 
     # finalize and grade; per-verifier success rates and status counts go into the manifest
     metrics["verifiers"] = {f.__name__: f.stats.summary() for f in reward_funcs}
     metrics.update(reward_summary(trainer.state.log_history))
-    return training.finish_stage(trainer, tok, cfg, ctx, heldout, metrics,
+    return training.finish_stage(trainer, out, tok, cfg, ctx, heldout, metrics,
                                  {"n_train": len(rows), "n_heldout": len(heldout),
                                   "verifier_specs": [s.name for s in cfg.verifiers]})
 

@@ -70,8 +70,8 @@ def run(cfg: Any, ctx: Any) -> StageResult:
                             "traces.temperature, or start from a stronger model")
 
     # trainer: SFT on the traces
-    trainer = training.train_sft(model, tok, rows, cfg, ctx, coef)
+    trainer, out = training.train_sft(model, tok, rows, cfg, ctx, coef)
 
     # finalize and grade
-    return training.finish_stage(trainer, tok, cfg, ctx, heldout, metrics,
+    return training.finish_stage(trainer, out, tok, cfg, ctx, heldout, metrics,
                                  {"n_train": len(rows), "n_heldout": len(heldout)})

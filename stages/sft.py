@@ -33,8 +33,8 @@ def run(cfg: Any, ctx: Any) -> StageResult:
     training.grade_before(model, tok, cfg, heldout, metrics)
 
     # trainer: our defaults, then the YAML's trainer block (TRL fields, validated at config load)
-    trainer = training.train_sft(model, tok, train_rows, cfg, ctx, coef)
+    trainer, out = training.train_sft(model, tok, train_rows, cfg, ctx, coef)
 
     # finalize: plain HF dir (LoRA merged), then grade the held-out split with the final weights
-    return training.finish_stage(trainer, tok, cfg, ctx, heldout, metrics,
+    return training.finish_stage(trainer, out, tok, cfg, ctx, heldout, metrics,
                                  {"n_train": len(train_rows), "n_heldout": len(heldout)})

@@ -101,3 +101,35 @@ def test_parquet_and_saved_datasets_sources(tmp_path):
     with pytest.raises(DataError, match="bad.parquet: row 1: the last message must be the assistant"):
         build_rows(DataConfig(sources=(SourceConfig(path=str(tmp_path / "bad.parquet")),), n_train=1, n_heldout=0),
                    "train", 0, "sft")
+
+
+@pytest.mark.parametrize("recipe, kwargs", [("chain", {}), ("needle", {"context_chars": 60}), ("arithmetic", {"digits": 2})])
+def test_procedural_recipes_are_deterministic_and_disjoint(recipe, kwargs):
+    from data_recipes import resolve_recipe
+
+    fn = resolve_recipe(recipe)
+    train = fn("train", 800, seed=1, **kwargs)
+    assert train == fn("train", 800, seed=1, **kwargs)
+    held = fn("heldout", 80, seed=1, **kwargs)
+    assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in held}
+    assert not {r["answer"] for r in held if recipe == "needle"} & {r["answer"] for r in train if recipe == "needle"}
+
+
+def test_chain_trace_folds_to_the_answer():
+    from data_recipes.chain import chain
+
+    for row in chain("train", 50, seed=0, style="trace"):
+        content = row["messages"][-1]["content"]
+        trace, answer = re.fullmatch(r"<think>(.+)</think>(-?\d+)", content).groups()
+        assert answer == row["answer"] == trace.split(";")[-1]
+        assert str(eval(row["prompt"][0]["content"].rstrip("="))) == answer  # noqa: S307 - digits and +/- only
+
+
+def test_needle_sits_at_the_stated_depth():
+    from data_recipes.needle import needle
+
+    for row in needle("train", 30, seed=0, context_chars=200, depths=[0.05, 0.5, 0.95]):
+        context = row["prompt"][0]["content"].split("\n")[0]
+        at = row["meta"]["needle_char"]
+        assert context[at:].startswith(f"the code word is {row['answer']} .")
+        assert abs(at / len(context) - row["meta"]["depth"]) < 0.1

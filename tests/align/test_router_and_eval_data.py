@@ -1,0 +1,34 @@
+"""Router policy freeze keeps router weights fixed while the rest trains; eval.data grades a shared held-out set."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import torch
+
+from align import training
+from align.config import load_config
+from align.pipeline import run_pipeline
+from tests.conftest import SMOKE
+
+
+def test_frozen_router_stays_put_while_experts_train(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=4",
+                              "stages.sft.router={freeze: true, aux_loss_coef: 0.0}"])
+    run_pipeline(cfg, only="sft")
+    before = AutoModelForCausalLM.from_pretrained(tmp_path / "base").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "00_sft" / "final").state_dict()
+    gates = [k for k in before if k.endswith("mlp.gate.weight")]
+    assert gates and all(torch.equal(before[k], after[k]) for k in gates)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "experts" in k)
+
+
+def test_eval_data_is_graded_instead_of_the_stage_data():
+    cfg = load_config(SMOKE, ["stages.sft.eval.data={sources: [{recipe: chain}], n_train: 1, n_heldout: 7}"]).stage("sft")
+    rows = training.heldout_rows(cfg, SimpleNamespace(seed=0))
+    assert len(rows) == 7
+    assert all(re.fullmatch(r"\d([+-]\d){2,4}=", r["prompt"][0]["content"]) for r in rows)  # chain problems
+    assert len(training.heldout_rows(load_config(SMOKE).stage("sft"), SimpleNamespace(seed=0))) == 32
