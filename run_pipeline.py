@@ -6,6 +6,8 @@
     python run_pipeline.py configs/x.yaml output_dir=/tmp/r stages.sft.trainer.learning_rate=3e-4
     python run_pipeline.py configs/x.yaml --dry-run          # resolved config + plan, runs nothing
     python run_pipeline.py --list-stages | --list-verifiers
+    python run_pipeline.py report runs/<name>                # regenerate runs/<name>/report.md
+    python run_pipeline.py ablate configs/x.yaml --vary stages.grpo.trainer.learning_rate=1e-4,3e-5 [--vary ...]
 """
 
 from __future__ import annotations
@@ -29,7 +31,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="align report", description="Regenerate a run folder's report.md and plots.")
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from align.report import write_report
+
+    try:
+        print(write_report(args.run_dir))
+    except FileNotFoundError as exc:
+        logging.getLogger("align").error("%s", exc)
+        return 2
+    return 0
+
+
+def ablate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="align ablate", description="Run config variants; compare them in one report.")
+    p.add_argument("config", help="pipeline YAML")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides shared by every variant")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a key and its values (repeatable; variants = every combination)")
+    p.add_argument("--dry-run", action="store_true", help="list the variants; run nothing")
+    args = p.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from align.ablation import run_ablation, variants
+    from align.config import ConfigError
+    from align.pipeline import PipelineError
+    from data_recipes import DataError
+
+    try:
+        if args.dry_run:
+            for v in variants(args.vary):
+                print(" ".join(v) or "(base)")
+            return 0
+        print(run_ablation(args.config, args.overrides, args.vary))
+    except (ConfigError, PipelineError, DataError, FileNotFoundError, ValueError) as exc:
+        logging.getLogger("align").error("%s", exc)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    if argv and argv[0] == "ablate":
+        return ablate_main(argv[1:])
     args = build_parser().parse_intermixed_args(argv)  # overrides may come after options too
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(format_table(rows))
+    if args.only is None:
+        from align.checkpoint import is_main_process
+        from align.report import write_report
+
+        if is_main_process():
+            print(f"report: {write_report(cfg.run_dir)}")
     print(f"\nrun folder: {cfg.run_dir}")
     return 0
 

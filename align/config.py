@@ -83,6 +83,9 @@ class SourceConfig:
     """Relative share of the mixture."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the recipe."""
+    replay: bool = False
+    """Rows of an earlier stage's task, mixed in against forgetting: a reasoning stage does not require a
+    ``<think>`` trace in them (they are checked as plain SFT rows)."""
 
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.path is None):
@@ -146,9 +149,47 @@ class EvalConfig:
     """Held-out rows to grade (their ``heldout`` split); default: the stage's own data. Give every stage the same
     block to compare stages on one problem set."""
 
+    samples: int = 0
+    """eval stages: sampled completions per prompt on top of the greedy one (0: greedy only); gives pass@k."""
+    temperature: float = 1.0
+    """eval stages: sampling temperature for ``samples``."""
+
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens: must be >= 1")
+        if self.samples < 0:
+            raise ValueError("samples: must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature: must be > 0")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """One evaluation suite of an ``eval`` stage: a recipe's held-out split, graded by its rows' verifiers."""
+
+    name: str
+    """A built-in suite (``data_recipes.suites.SUITES``: arithmetic, math, code, needle, needle_long, two_hop,
+    instructions), or any name when ``recipe`` is given."""
+    recipe: str | None = None
+    """Recipe name or import path; default: the built-in suite's."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Recipe keyword arguments (merged over the built-in suite's)."""
+    n: int = 100
+    """Problems in the suite."""
+    verifier: str | None = None
+    """Grade every row with this verifier instead of the row's own (e.g. ``math`` for arithmetic answers)."""
+    max_new_tokens: int | None = None
+    """Generation budget; default: the built-in suite's, else the stage's ``eval.max_new_tokens``."""
+
+    def __post_init__(self) -> None:
+        from data_recipes.suites import SUITES
+
+        if self.recipe is None and self.name not in SUITES:
+            close = difflib.get_close_matches(self.name, list(SUITES), n=3)
+            raise ValueError(f"name: {self.name!r} is not a built-in suite ({', '.join(SUITES)})"
+                             + (f"; did you mean {close[0]!r}?" if close else "") + "; or give a recipe")
+        if self.n < 1:
+            raise ValueError("n: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -178,9 +219,10 @@ class StageConfig:
     """One stage of the pipeline; ``name`` addresses it on the command line."""
 
     name: str
-    kind: Literal["sft", "reasoning", "grpo"]
+    kind: Literal["sft", "reasoning", "grpo", "eval"]
     """Stage kind = module in ``stages/``."""
-    data: DataConfig
+    data: DataConfig | None = None
+    """Training rows (and the held-out split graded after the stage); every kind but ``eval`` needs it."""
     trainer: dict[str, Any] = field(default_factory=dict)
     """Passed through to the TRL config of the kind (``trl.SFTConfig`` for sft)."""
     lora: LoraConfig | None = None
@@ -191,6 +233,14 @@ class StageConfig:
     """grpo: reward terms (any name ``rewards.get_verifier`` resolves, with weight, kwargs, time budget)."""
     traces: TracesConfig | None = None
     """reasoning: where the traces come from (default: the recipe's)."""
+    suites: tuple[SuiteConfig, ...] = ()
+    """eval: the suites to generate and grade."""
+    compare: tuple[str, ...] = ()
+    """eval: earlier stages (by name) whose final models are graded on the same suites too (what each stage bought);
+    the eval stage's input model is always graded."""
+    group_by_length: bool = True
+    """grpo: every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's
+    compressed attention is not padding-neutral; equal lengths also waste no compute on padding)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -201,6 +251,16 @@ class StageConfig:
             raise ValueError(f"verifiers: only grpo stages take verifiers (this stage is {self.kind})")
         if self.kind != "reasoning" and self.traces is not None:
             raise ValueError(f"traces: only reasoning stages take traces (this stage is {self.kind})")
+        if self.kind == "eval":
+            if not self.suites:
+                raise ValueError("suites: an eval stage needs at least one suite")
+            if self.trainer:
+                raise ValueError("trainer: an eval stage trains nothing; remove the trainer block")
+        else:
+            if self.suites or self.compare:
+                raise ValueError(f"suites: only eval stages take suites / compare (this stage is {self.kind})")
+            if self.data is None:
+                raise ValueError(f"data: a {self.kind} stage needs a data block")
 
 
 @dataclass(frozen=True)
@@ -217,6 +277,12 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
+        for i, st in enumerate(self.stages):
+            earlier = {s.name for s in self.stages[:i] if s.kind != "eval"}
+            for name in st.compare:
+                if name not in earlier:
+                    raise ValueError(f"stages[{i}].compare: {name!r} is not an earlier training stage "
+                                     f"({', '.join(sorted(earlier)) or 'none'})")
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -60,19 +60,27 @@ def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_
 
 
 def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
-    """Greedy held-out accuracy: ``{"accuracy", "n", "status_counts", "examples"}``."""
+    """Greedy held-out accuracy: ``{"accuracy", "n", "status_counts", "by_verifier", "examples"}``.
+
+    ``by_verifier`` splits accuracy by the rows' verifier (= task family in a mixture): ``{name: {"accuracy", "n"}}``.
+    """
     if not rows:
-        return {"accuracy": None, "n": 0, "status_counts": {}, "examples": []}
+        return {"accuracy": None, "n": 0, "status_counts": {}, "by_verifier": {}, "examples": []}
     pairs = [prompt_and_gold(r) for r in rows]
     completions = generate(model, tok, [p for p, _ in pairs], max_new_tokens, batch_size, desc="held-out")
     statuses: Counter[str] = Counter()
-    correct = 0
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     examples = []
     for row, (prompt, gold), completion in zip(rows, pairs, completions):
-        verdict = get_verifier(row.get("verifier", "exact"))(completion, gold, **{k: v for k, v in row.items() if k == "meta"})
+        name = row.get("verifier", "exact")
+        verdict = get_verifier(name)(completion, gold, **{k: v for k, v in row.items() if k == "meta"})
         statuses[verdict.status] += 1
-        correct += verdict.accepted
-        if len(examples) < 5:
-            examples.append({"prompt": prompt[-1]["content"][-200:], "completion": completion[:200], "gold": gold,
-                             "status": verdict.status})
-    return {"accuracy": correct / len(rows), "n": len(rows), "status_counts": dict(statuses), "examples": examples}
+        hits[name] += verdict.accepted
+        totals[name] += 1
+        if sum(e["verifier"] == name for e in examples) < 3:
+            examples.append({"verifier": name, "prompt": prompt[-1]["content"][-200:], "completion": completion[:200],
+                             "gold": gold, "status": verdict.status})
+    return {"accuracy": sum(hits.values()) / len(rows), "n": len(rows), "status_counts": dict(statuses),
+            "by_verifier": {k: {"accuracy": hits[k] / totals[k], "n": totals[k]} for k in sorted(totals)},
+            "examples": examples}

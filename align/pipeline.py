@@ -110,7 +110,8 @@ def run_pipeline(
                     f"stage {stage.name!r} starts from {prev_dir / 'final'}, which is not complete: run stage "
                     f"{prev.name!r} first or pass --init-from DIR"
                 )
-            init = prev_dir / "final"
+            # an eval stage passes its own input on (its final_dir); a training stage its final/
+            init = Path(manifest["final_dir"]) if prev.kind == "eval" else prev_dir / "final"
         rows.append(run_stage(cfg, index, stage, init, overwrite))
     return rows
 
@@ -124,7 +125,8 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     manifest_path = stage_dir / "manifest.json"
     manifest = checkpoint.read_json(manifest_path)
     same = bool(manifest) and manifest.get("config_hash") == chash and manifest.get("input_hash") == ihash
-    if same and manifest.get("status") == "completed" and (stage_dir / "final" / "config.json").is_file():
+    final_dir = Path(manifest.get("final_dir") or stage_dir / "final") if manifest else stage_dir / "final"
+    if same and manifest.get("status") == "completed" and (final_dir / "config.json").is_file():
         logger.info("stage %s: finished with the same config and input; skipped", stage.name)
         return _summary(stage, manifest, skipped=True)
     if stage_dir.exists() and any(stage_dir.iterdir()) and not same:
@@ -140,7 +142,8 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     base_manifest = {
         "stage": stage.name, "kind": stage.kind, "index": index, "config_hash": chash, "input_model": str(init),
         "input_hash": ihash, "config": to_dict(stage), "router": to_dict(cfg.router_for(stage)),
-        "data": {"sources": to_dict(stage.data.sources), "hash": config_hash(stage.data)},
+        "data": ({"sources": to_dict(stage.data.sources), "hash": config_hash(stage.data)} if stage.data else
+                 {"suites": to_dict(stage.suites)}),
         "packages": checkpoint.package_versions(), "git_commit": checkpoint.git_commit(),
     }
     if checkpoint.is_main_process():
@@ -169,19 +172,27 @@ def _summary(stage: StageConfig, manifest: dict[str, Any], skipped: bool) -> dic
         "stage": stage.name, "kind": stage.kind, "steps": manifest.get("steps"), "wall_time_s": manifest.get("wall_time_s"),
         "heldout_accuracy": metrics.get("heldout_accuracy"), "heldout_accuracy_before": metrics.get("heldout_accuracy_before"),
         "heldout_n": metrics.get("heldout_n"), "skipped": skipped,
+        "by_verifier": metrics.get("heldout_by_verifier") or {},
+        "by_verifier_before": metrics.get("heldout_by_verifier_before") or {},
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The end-of-run table: stage, steps, wall time, held-out accuracy."""
-    head = f"{'stage':<12} {'kind':<10} {'steps':>6} {'wall s':>8} {'held-out acc':>13} {'(before)':>9} {'n':>5}  note"
-    lines = [head, "-" * len(head)]
+    """The end-of-run table: stage, steps, wall time, held-out accuracy (all, and per task = verifier)."""
+    head = (f"{'stage':<12} {'kind':<10} {'steps':>6} {'wall s':>8} {'held-out acc':>13} {'(before)':>9} {'n':>5}  "
+            "per task: after (before) n")
+    lines = [head, "-" * (len(head) + 12)]
     for r in rows:
         acc = "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.3f}"
         before = "" if r.get("heldout_accuracy_before") is None else f"{r['heldout_accuracy_before']:.3f}"
+        tasks = []
+        for name, v in r.get("by_verifier", {}).items():
+            b = r.get("by_verifier_before", {}).get(name)
+            tasks.append(f"{name} {v['accuracy']:.3f}" + (f" ({b['accuracy']:.3f})" if b else "") + f" {v['n']}")
+        note = "skipped (unchanged)" if r["skipped"] else ("; ".join(tasks) if len(tasks) > 1 else "")
         lines.append(
             f"{r['stage']:<12} {r['kind']:<10} {r['steps'] if r['steps'] is not None else '-':>6} "
             f"{r['wall_time_s'] if r['wall_time_s'] is not None else '-':>8} {acc:>13} {before:>9} "
-            f"{r['heldout_n'] or '-':>5}  {'skipped (unchanged)' if r['skipped'] else ''}"
+            f"{r['heldout_n'] or '-':>5}  {note}"
         )
     return "\n".join(lines)

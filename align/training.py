@@ -210,11 +210,13 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     from align.checkpoint import StageResult
 
     final = checkpoint.finalize(trainer.model, tok, ctx.stage_dir / "final")
+    if checkpoint.is_main_process():  # the curves of the run report
+        checkpoint.write_json_atomic(ctx.stage_dir / "log_history.json", trainer.state.log_history)
     model, tok = modeling.load_model(final)
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     metrics.update(
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
-        heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
+        heldout_by_verifier=graded["by_verifier"], heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
         **loss_summary(trainer.state.log_history),
     )
     return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
@@ -225,6 +227,6 @@ def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], 
     from align import evaluation
 
     if cfg.eval.before and heldout:
-        metrics["heldout_accuracy_before"] = evaluation.grade_heldout(
-            model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size
-        )["accuracy"]
+        graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        metrics["heldout_accuracy_before"] = graded["accuracy"]
+        metrics["heldout_by_verifier_before"] = graded["by_verifier"]

@@ -53,6 +53,8 @@ def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
 
 
 def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fraction: float) -> list[dict]:
+    if kind == "reasoning" and getattr(src, "replay", False):
+        kind = "sft"  # replayed rows of an earlier task: no trace required
     if src.recipe is not None:
         try:
             rows = resolve_recipe(src.recipe)(split=split, n=n, seed=seed, **src.kwargs)

@@ -33,7 +33,9 @@ def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> 
         words.append(rng.choice(FILLER))
     text = " ".join(words)
     cut = int((len(text) + len(needle) + 1) * depth)  # depth is measured in the final context, needle included
-    cut = text.rfind(" ", 0, cut) + 1 if cut < len(text) else len(text)  # at a word boundary
+    if cut >= len(text):  # at the very end: after the last word, separated by a space
+        return text + " " + needle, len(text) + 1
+    cut = text.rfind(" ", 0, cut) + 1  # at a word boundary
     return text[:cut] + needle + " " + text[cut:], cut
 
 
@@ -44,8 +46,14 @@ def needle(
     seed: int,
     context_chars: int = 120,
     depths: tuple[float, ...] | list[float] | None = None,
+    style: Literal["answer", "trace"] = "answer",
 ) -> list[dict[str, Any]]:
-    """``n`` needle problems; ``depths`` cycles through given fractions (default: uniform random depth)."""
+    """``n`` needle problems; ``depths`` cycles through given fractions (default: uniform random depth).
+
+    ``style="trace"``: the assistant first quotes the sentence holding the needle in ``<think>``, then answers.
+    """
+    if style not in ("answer", "trace"):
+        raise ValueError(f"needle: style must be 'answer' or 'trace', got {style!r}")
     if context_chars < 10:
         raise ValueError("needle: context_chars must be >= 10")
     rng = random.Random(f"needle/{split}/{seed}")
@@ -57,10 +65,12 @@ def needle(
             continue
         seen.add(word)
         depth = depths[len(rows) % len(depths)] if depths else rng.random()
-        context, offset = build_context(rng, context_chars, f"the code word is {word} .", depth)
+        sentence = f"the code word is {word} ."
+        context, offset = build_context(rng, context_chars, sentence, depth)
         prompt = [{"role": "user", "content": f"{context}\nWhat is the code word?"}]
+        content = f"<think>{sentence}</think>{word}" if style == "trace" else word
         rows.append({
-            "messages": [*prompt, {"role": "assistant", "content": word}],
+            "messages": [*prompt, {"role": "assistant", "content": content}],
             "prompt": prompt,
             "answer": word,
             "verifier": "retrieval",

@@ -22,6 +22,9 @@ BUILTINS: dict[str, str] = {
     "arithmetic": "data_recipes.arithmetic",
     "needle": "data_recipes.needle",
     "chain": "data_recipes.chain",
+    "code_functions": "data_recipes.suites",
+    "instructions": "data_recipes.suites",
+    "two_hop": "data_recipes.suites",
 }
 
 _RECIPES: dict[str, Callable[..., list[dict[str, Any]]]] = {}

@@ -21,4 +21,5 @@ STAGES: dict[str, Callable[..., Any]] = {
     "sft": _lazy("sft"),
     "reasoning": _lazy("reasoning"),
     "grpo": _lazy("grpo"),
+    "eval": _lazy("eval"),
 }

@@ -54,7 +54,7 @@ def test_chain_sft_reasoning_grpo(smoke_run):
     """Every stage starts from the previous one's final/, changes the parameters, and logs its metrics."""
     _, out, rows = smoke_run
     names = ["00_sft", "01_reasoning", "02_grpo"]
-    assert [r["stage"] for r in rows] == ["sft", "reasoning", "grpo"]
+    assert [r["stage"] for r in rows] == ["sft", "reasoning", "grpo", "eval"]
     manifests = [json.loads((out / n / "manifest.json").read_text()) for n in names]
     assert all(m["status"] == "completed" for m in manifests)
     for prev, m in zip(names, manifests[1:]):
@@ -101,7 +101,7 @@ def test_cli_dry_run_and_bad_config_exit_code(tmp_path):
 
 def test_cli_lists_stages_and_verifiers():
     proc = run_cli("--list-stages")
-    assert proc.returncode == 0 and proc.stdout.split() == ["sft", "reasoning", "grpo"]
+    assert proc.returncode == 0 and proc.stdout.split() == ["sft", "reasoning", "grpo", "eval"]
     proc = run_cli("--list-verifiers")
     assert proc.returncode == 0
     for name in ("exact", "math", "code", "instructions", "retrieval", "think_format", "overlong", "repetition"):
@@ -182,3 +182,31 @@ def test_lora_on_experts_router_attention_is_merged(tmp_path):
     assert any("self_attn" in k for k in changed), changed
     assert any(k.endswith("mlp.gate.weight") for k in changed), changed
     assert not any("embed_tokens" in k or "compressor" in k or "norm" in k for k in changed), changed
+
+
+def test_ablation_shares_upstream_stages_and_compares(tmp_path):
+    from align.ablation import split_values, variants
+
+    assert variants(["a.b=1,2", "c=[1, 2],x"]) == [["a.b=1", "c=[1, 2]"], ["a.b=1", "c=x"],
+                                                   ["a.b=2", "c=[1, 2]"], ["a.b=2", "c=x"]]
+    assert split_values("'a,b',c") == ["'a,b'", "c"]
+    out = tmp_path / "abl"
+    proc = run_cli("ablate", str(SMOKE), f"output_dir={out}", "stages.sft.trainer.max_steps=4",
+                   "stages.reasoning.trainer.max_steps=2", "stages.grpo.trainer.max_steps=2",
+                   "--vary", "stages.grpo.trainer.learning_rate=1e-3,1e-4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "abl-ablation"
+    a, b = root / "learning_rate=1e-3", root / "learning_rate=1e-4"
+    # sft and reasoning ran once: the second variant's folders are hard links of the first's, skipped by hash
+    for stage in ("00_sft", "01_reasoning"):
+        fa, fb = a / stage / "manifest.json", b / stage / "manifest.json"
+        assert fa.stat().st_ino == fb.stat().st_ino
+    ma = json.loads((a / "02_grpo" / "manifest.json").read_text())
+    mb = json.loads((b / "02_grpo" / "manifest.json").read_text())
+    assert ma["config"]["trainer"]["learning_rate"] != mb["config"]["trainer"]["learning_rate"]
+    assert "stage sft: finished with the same config and input; skipped" in proc.stderr
+    assert "stage reasoning: finished with the same config and input; skipped" in proc.stderr
+    text = (root / "report.md").read_text()
+    assert "learning_rate=1e-3" in text and "learning_rate=1e-4" in text and "eval:arithmetic" in text
+    assert (root / "ablation.png").stat().st_size > 1000
+    assert (a / "report.md").is_file() and (b / "report.md").is_file()

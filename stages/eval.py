@@ -1,0 +1,137 @@
+"""Evaluation: generate on held-out suites and grade with the training verifiers (``rewards.get_verifier``).
+
+What it is here: for each suite in the stage's ``suites`` list (``data_recipes.suites``: arithmetic, math, code,
+needle at 5/50/95 % depth, two-hop retrieval, instructions; or any recipe), the recipe's **held-out** split is
+generated greedily (accuracy) and, with ``eval.samples: n``, ``n`` more completions per prompt are sampled at
+``eval.temperature`` (pass@1 and pass@k with the unbiased estimator of Chen et al. 2021). Every completion is graded
+by its row's verifier (or the suite's ``verifier``), exactly as in training: statuses are counted, the mean completion
+length (tokens) is reported, and rows that carry a needle ``depth`` also report accuracy by depth (position bias).
+Trains nothing: ``final_dir`` is the input model, which the next stage (if any) starts from. Skipped on rerun like any
+stage (same config and input model).
+
+Launch: ``python run_pipeline.py configs/default.yaml --only eval --init-from DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+from align import evaluation, modeling
+from align.checkpoint import StageResult
+from data_recipes.registry import resolve_recipe
+from data_recipes.schema import DataError
+from data_recipes.suites import SUITES
+from rewards import get_verifier
+
+logger = logging.getLogger(__name__)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``.
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 2), pass_at_k(4, 0, 4), pass_at_k(4, 2, 4)
+    (0.25, 0.5, 0.0, 1.0)
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def suite_rows(suite: Any, seed: int) -> tuple[list[dict[str, Any]], int | None]:
+    """The held-out rows of a suite and its generation budget (None: the stage's)."""
+    recipe, kwargs, verifier, budget = suite.recipe, dict(suite.kwargs), suite.verifier, suite.max_new_tokens
+    if suite.recipe is None:
+        recipe, base_kwargs, base_verifier, base_budget = SUITES[suite.name]
+        kwargs = {**base_kwargs, **kwargs}
+        verifier = verifier or base_verifier
+        budget = budget or base_budget
+    try:
+        rows = resolve_recipe(recipe)(split="heldout", n=suite.n, seed=seed, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"suite {suite.name!r} (recipe {recipe!r}, kwargs {kwargs}): {exc}") from None
+    if verifier:
+        rows = [{**r, "verifier": verifier} for r in rows]
+    return rows, budget
+
+
+def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int,
+                samples: int, temperature: float) -> dict[str, Any]:
+    """Greedy accuracy, pass@k over ``samples`` sampled completions, statuses, mean length, accuracy by depth."""
+    pairs = [evaluation.prompt_and_gold(r) for r in rows]
+    prompts = [p for p, _ in pairs]
+    verifiers = {name: get_verifier(name) for name in {r.get("verifier", "exact") for r in rows}}
+
+    def grade(row: dict[str, Any], gold: str, completion: str) -> Any:
+        meta = {"meta": row["meta"]} if row.get("meta") is not None else {}
+        return verifiers[row.get("verifier", "exact")](completion, gold, **meta)
+
+    greedy = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval greedy")
+    verdicts = [grade(r, g, c) for r, (_, g), c in zip(rows, pairs, greedy)]
+    statuses = Counter(v.status for v in verdicts)
+    lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in greedy]
+    out: dict[str, Any] = {
+        "n": len(rows), "accuracy": sum(v.accepted for v in verdicts) / len(rows), "statuses": dict(statuses),
+        "mean_length": sum(lengths) / len(lengths), "verifiers": sorted(verifiers),
+        "examples": [{"prompt": p[-1]["content"][-160:], "completion": c[:160], "gold": g, "status": v.status}
+                     for (p, g), c, v in list(zip(pairs, greedy, verdicts))[:3]],
+    }
+    by_depth: dict[float, list[bool]] = defaultdict(list)
+    for r, v in zip(rows, verdicts):
+        depth = (r.get("meta") or {}).get("depth") if isinstance(r.get("meta"), dict) else None
+        if isinstance(depth, int | float):
+            by_depth[round(float(depth), 3)].append(v.accepted)
+    if by_depth and len(by_depth) <= 20:
+        out["accuracy_by_depth"] = {str(d): sum(a) / len(a) for d, a in sorted(by_depth.items())}
+    if samples:
+        sampled = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval sampled",
+                                      do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                      num_return_sequences=samples)
+        correct = [sum(grade(r, g, sampled[i * samples + j]).accepted for j in range(samples))
+                   for i, (r, (_, g)) in enumerate(zip(rows, pairs))]
+        ks = sorted({1, samples} | {2**e for e in range(1, 8) if 2**e < samples})
+        out["pass_at_k"] = {str(k): sum(pass_at_k(samples, c, k) for c in correct) / len(rows) for k in ks}
+        out["samples"], out["temperature"] = samples, temperature
+    return out
+
+
+def grade_model(model_dir: Any, cfg: Any, seed: int) -> dict[str, Any]:
+    """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``."""
+    model, tok = modeling.load_model(model_dir)
+    model.config.output_router_logits = False
+    out: dict[str, Any] = {}
+    for suite in cfg.suites:
+        rows, budget = suite_rows(suite, seed)
+        res = grade_suite(model, tok, rows, budget or cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                          cfg.eval.samples, cfg.eval.temperature)
+        logger.info("eval %s on %s: accuracy %.3f (n=%d)%s", suite.name, model_dir, res["accuracy"], res["n"],
+                    f", pass@k {res['pass_at_k']}" if "pass_at_k" in res else "")
+        out[suite.name] = res
+    return out
+
+
+def run(cfg: Any, ctx: Any) -> StageResult:
+    """Grade the input model (and the ``compare`` stages' final models) on every suite; trains nothing."""
+    from align.pipeline import stage_dir_name
+
+    suites = grade_model(ctx.init_dir, cfg, ctx.seed)
+    by_stage: dict[str, Any] = {}
+    names = [s.name for s in ctx.pipeline.stages]
+    for name in cfg.compare:
+        index = names.index(name)
+        final = ctx.run_dir / stage_dir_name(index, ctx.pipeline.stages[index]) / "final"
+        if not (final / "config.json").is_file():
+            logger.warning("eval: stage %s has no final model at %s; not compared", name, final)
+            continue
+        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed)
+        by_stage[name] = {k: {m: v[m] for m in ("accuracy", "n", "pass_at_k", "accuracy_by_depth") if m in v}
+                          for k, v in graded.items()}
+    n = sum(s["n"] for s in suites.values())
+    metrics = {"suites": suites, "by_stage": by_stage,
+               "heldout_accuracy": sum(s["accuracy"] * s["n"] for s in suites.values()) / n, "heldout_n": n,
+               "heldout_by_verifier": {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in suites.items()}}
+    return StageResult(final_dir=ctx.init_dir, steps=0, metrics=metrics, extra={"suites": list(suites)})
