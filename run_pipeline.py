@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from align.config import ConfigError, dump_yaml, load_config
+    from align.monitor import MonitorError
     from align.pipeline import PipelineError, format_table, plan, run_pipeline, stage_dir_name
     from data_recipes import DataError
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src}")
             return 0
         rows = run_pipeline(cfg, only=args.only, init_from=args.init_from, overwrite=args.overwrite)
-    except (ConfigError, PipelineError, DataError, FileNotFoundError, KeyError) as exc:
+    except (ConfigError, PipelineError, DataError, MonitorError, FileNotFoundError, KeyError) as exc:
         logging.getLogger("align").error("%s", exc)
         return 2
     print()

@@ -47,10 +47,37 @@ class RouterPolicy:
     """Load-balancing aux-loss weight; None keeps the architecture's own coefficient, 0 disables it."""
     freeze: bool = False
     """Freeze the router (gate) weights: RL then cannot move routing, only experts and attention."""
+    bias_update: float = 0.0
+    """Aux-loss-free balancing (DeepSeek-V3): after each optimizer step every learned top-k router's correction bias
+    moves by this much toward balanced load; 0 disables it. Only routers with ``e_score_correction_bias``
+    (DeepSeek-V3/V4) have one."""
+    top_k: int | None = None
+    """Ablation: experts per token (``num_experts_per_tok``) for this stage and the models it writes; None keeps the
+    model's."""
 
     def __post_init__(self) -> None:
         if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
             raise ValueError("aux_loss_coef: must be >= 0")
+        if self.bias_update < 0:
+            raise ValueError("bias_update: must be >= 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k: must be >= 1")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Training-time observability."""
+
+    port: int | None = None
+    """Serve live JSON at ``http://127.0.0.1:<port>/stats`` while a stage trains (main process only); off if None."""
+    telemetry: bool = True
+    """Expert-load telemetry (router hooks) logged each logging step and kept in each manifest (``metrics.moe``)."""
+    snapshot: bool = True
+    """Layer snapshot (gradient norm, update/weight ratio per module group) on logging steps."""
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError("port: must be in 0..65535")
 
 
 @dataclass(frozen=True)
@@ -238,6 +265,11 @@ class StageConfig:
     compare: tuple[str, ...] = ()
     """eval: earlier stages (by name) whose final models are graded on the same suites too (what each stage bought);
     the eval stage's input model is always graded."""
+    routing_replay: Literal["none", "measure", "replay"] = "none"
+    """grpo: record each MoE layer's expert selections in a scoring pass over every rollout batch and replay them in
+    the update passes of the same batch (``replay``), or only log how many tokens would keep their experts
+    (``measure``); ``routing/agreement`` is logged either way (``align.replay``). (Not on/off: YAML reads those
+    as booleans.)"""
     group_by_length: bool = True
     """grpo: every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's
     compressed attention is not padding-neutral; equal lengths also waste no compute on padding)."""
@@ -249,6 +281,8 @@ class StageConfig:
             raise ValueError("verifiers: a grpo stage needs at least one verifier")
         if self.kind != "grpo" and self.verifiers:
             raise ValueError(f"verifiers: only grpo stages take verifiers (this stage is {self.kind})")
+        if self.kind != "grpo" and self.routing_replay != "none":
+            raise ValueError(f"routing_replay: only grpo stages replay routing (this stage is {self.kind})")
         if self.kind != "reasoning" and self.traces is not None:
             raise ValueError(f"traces: only reasoning stages take traces (this stage is {self.kind})")
         if self.kind == "eval":
@@ -273,6 +307,7 @@ class PipelineConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: tuple[StageConfig, ...] = ()
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         if not self.stages:

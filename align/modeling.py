@@ -146,9 +146,18 @@ def _tiny_mixtral(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     )
 
 
+def _tiny_deepseek_v4_dense(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
+    # Ablation baseline: the same model with every token sent to every routed expert (2 experts, top-2, + the shared
+    # one), so the FFN is dense and its parameters per token equal the MoE preset's active ones; attention, mHC and
+    # the tokenizer are identical.
+    cls, kwargs = _tiny_deepseek_v4(vocab_size, tok)
+    return cls, {**kwargs, "n_routed_experts": 2}
+
+
 # Closed set: preset name -> (config class, constructor kwargs) builder.
 PRESETS: dict[str, Callable[[int, Any], tuple[type, dict[str, Any]]]] = {
     "tiny-deepseek-v4": _tiny_deepseek_v4,
+    "tiny-deepseek-v4-dense": _tiny_deepseek_v4_dense,
     "tiny-qwen3-moe": _tiny_qwen3_moe,
     "tiny-mixtral": _tiny_mixtral,
 }

@@ -116,3 +116,26 @@ def generation_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for c, s in zip(configs, saved):
             c.output_router_logits = s
+
+
+def set_top_k(model: nn.Module, top_k: int) -> int:
+    """Route every token to ``top_k`` experts (ablation): the config's ``num_experts_per_tok`` and every router's
+    ``top_k``; a DeepSeek-V4 hash table keeps its first ``top_k`` columns. Returns how many routers changed."""
+    n_experts = getattr(model.config, "num_experts", None) or getattr(model.config, "n_routed_experts", None)
+    if n_experts and top_k > n_experts:
+        raise ValueError(f"router.top_k {top_k}: the model has only {n_experts} experts")
+    model.config.num_experts_per_tok = top_k
+    changed = 0
+    for _, block in find_moe_blocks(model):
+        for module in (block, getattr(block, "gate", None), getattr(block, "router", None)):
+            if module is None:
+                continue
+            if hasattr(module, "top_k"):
+                module.top_k = top_k
+                changed += module is not block
+            table = getattr(module, "tid2eid", None)
+            if isinstance(table, torch.Tensor) and table.shape[1] != top_k:
+                if top_k > table.shape[1]:
+                    raise ValueError(f"router.top_k {top_k}: a hash table holds {table.shape[1]} experts per token")
+                module.tid2eid = nn.Buffer(table[:, :top_k].clone(), persistent=True)
+    return changed

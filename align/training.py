@@ -78,15 +78,42 @@ def typed_checkpoint_configs() -> Iterator[None]:
         PreTrainedConfig.from_json_file = original
 
 
-def train(trainer: Any, stage_dir: Path) -> Any:
-    """``trainer.train()``, resuming from the stage's last *complete* checkpoint if there is one."""
-    from align.checkpoint import last_complete_checkpoint
+def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
+    """``trainer.train()``, resuming from the stage's last *complete* checkpoint if there is one.
+
+    With the stage context ``ctx``: MoE telemetry, the router's bias updates and the layer snapshot run as a
+    callback (``align.telemetry``; its summary lands in ``trainer.moe_summary`` for the manifest), and the live
+    ``/stats`` monitor serves while training when ``monitor.port`` is set (main process only).
+    """
+    from align.checkpoint import is_main_process, last_complete_checkpoint
+    from align.moe import is_moe
 
     resume = last_complete_checkpoint(stage_dir)
     if resume:
         logger.info("resuming from %s", resume)
-    with typed_checkpoint_configs():
-        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    callback = monitor = None
+    if ctx is not None:
+        mon_cfg = ctx.pipeline.monitor
+        if mon_cfg.port is not None and is_main_process():
+            from align.monitor import Monitor
+
+            monitor = Monitor(mon_cfg.port, stage_dir.name)
+        telemetry = is_moe(trainer.model) and (mon_cfg.telemetry or ctx.router.bias_update > 0)
+        if telemetry or monitor or mon_cfg.snapshot:
+            from align.telemetry import MoeCallback
+
+            callback = MoeCallback(trainer.model, bias_gamma=ctx.router.bias_update, snapshot=mon_cfg.snapshot,
+                                   monitor=monitor, telemetry=telemetry)
+            trainer.add_callback(callback)
+    try:
+        with typed_checkpoint_configs():
+            return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        if callback is not None:
+            trainer.moe_summary = callback.summary()
+            callback.close()
+        if monitor is not None:
+            monitor.close()
 
 
 def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,6 +202,9 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     model, tok = modeling.load_model(ctx.init_dir)
     logger.info("%s", modeling.describe(model))
     coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)
+    if ctx.router.top_k is not None:
+        moe.set_top_k(model, ctx.router.top_k)
+        logger.info("router policy: top-%d routing", ctx.router.top_k)
     if ctx.router.freeze:
         frozen = moe.freeze_routers(model)
         logger.info("router policy: %d router weight tensors frozen", frozen)
@@ -200,7 +230,7 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          callbacks=[CompleteCheckpointCallback()])
-    return trainer, train(trainer, ctx.stage_dir)
+    return trainer, train(trainer, ctx.stage_dir, ctx)
 
 
 def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],
@@ -216,7 +246,8 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     metrics.update(
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
-        heldout_by_verifier=graded["by_verifier"], heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
+        heldout_by_verifier=graded["by_verifier"], **({"moe": trainer.moe_summary} if getattr(trainer, "moe_summary", None) else {}),
+        heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
         **loss_summary(trainer.state.log_history),
     )
     return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)

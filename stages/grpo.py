@@ -102,10 +102,10 @@ def run(cfg: Any, ctx: Any) -> StageResult:
         **cfg.trainer,
     })
     lengths = prompt_lengths(tok, [r["prompt"] for r in rows]) if cfg.group_by_length else None
-    trainer = LengthGroupedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                                       reward_funcs=reward_funcs, callbacks=[training.CompleteCheckpointCallback()],
-                                       prompt_lengths=lengths)
-    out = training.train(trainer, ctx.stage_dir)
+    trainer = AlignGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                               reward_funcs=reward_funcs, callbacks=[training.CompleteCheckpointCallback()],
+                               prompt_lengths=lengths, routing_replay=cfg.routing_replay)
+    out = training.train(trainer, ctx.stage_dir, ctx)
 
     # finalize and grade; per-verifier success rates and status counts go into the manifest
     metrics["verifiers"] = {f.__name__: f.stats.summary() for f in reward_funcs}
@@ -179,12 +179,20 @@ class LengthGroupedRepeatSampler(RepeatSampler):
                         yield index
 
 
-class LengthGroupedGRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` whose training sampler groups prompts by token length (``prompt_lengths=None``: TRL's own)."""
+class AlignGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with length-grouped rollout batches (``prompt_lengths``; None: TRL's sampler) and routing
+    replay (``routing_replay``: ``none`` | ``measure`` | ``replay``, see :mod:`align.replay`)."""
 
-    def __init__(self, *args: Any, prompt_lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, prompt_lengths: list[int] | None = None, routing_replay: str = "none",
+                 **kwargs: Any) -> None:
         self._prompt_lengths = prompt_lengths
         super().__init__(*args, **kwargs)
+        self.replay = None
+        if routing_replay != "none":
+            from align.replay import RoutingReplay
+
+            self.replay = RoutingReplay(self.model)
+            self._replay_mode = routing_replay
 
     def _get_train_sampler(self, dataset: Any = None) -> Any:
         base = super()._get_train_sampler(dataset)
@@ -193,3 +201,27 @@ class LengthGroupedGRPOTrainer(GRPOTrainer):
         return LengthGroupedRepeatSampler(
             self._prompt_lengths, data_source=base.data_source, mini_repeat_count=base.mini_repeat_count,
             batch_size=base.batch_size, repeat_count=base.repeat_count, shuffle=base.shuffle, seed=base.seed)
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        out = super()._generate_and_score_completions(inputs)
+        if self.replay is not None and self.model.training:
+            # the scoring pass whose routing is recorded; its log-probs are the old policy's
+            ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+            mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+            with torch.no_grad(), self.replay.active("record"):
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, mask, out["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size)
+            if out.get("old_per_token_logps") is None:
+                out["old_per_token_logps"] = logps
+        return out
+
+    def _compute_loss(self, model: Any, inputs: Any) -> Any:
+        if self.replay is None:
+            return super()._compute_loss(model, inputs)
+        with self.replay.active(self._replay_mode):
+            loss = super()._compute_loss(model, inputs)
+        agreement = self.replay.agreement()
+        if agreement is not None:
+            self._metrics["train"]["routing/agreement"].append(agreement)
+        return loss

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from align.config import load_config
 from align.pipeline import run_pipeline
 from tests.conftest import SMOKE, run_cli
@@ -71,3 +74,20 @@ def test_length_grouped_sampler_keeps_rollout_batches_unpadded():
     other = LengthGroupedRepeatSampler(lengths, data_source=list(range(len(lengths))), mini_repeat_count=3,
                                        batch_size=4, repeat_count=2, shuffle=True, seed=2).chunks()
     assert again == chunks and other != chunks
+
+
+@pytest.mark.parametrize("mode", ["measure", "replay"])
+def test_grpo_routing_replay_logs_agreement_and_trains_the_router(smoke_run, tmp_path, mode):
+    from safetensors.torch import load_file
+
+    _, out, _ = smoke_run
+    init = out / "01_reasoning" / "final"
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", f"stages.grpo.routing_replay={mode}",
+                              "stages.grpo.trainer.max_steps=3", "stages.grpo.trainer.num_iterations=2"])
+    run_pipeline(cfg, only="grpo", init_from=init)
+    hist = json.loads((tmp_path / "02_grpo" / "log_history.json").read_text())
+    agreement = [h["routing/agreement"] for h in hist if "routing/agreement" in h]
+    assert agreement and all(0 < a <= 1 for a in agreement)
+    before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "02_grpo" / "final" / "model.safetensors")
+    router = [k for k in before if k.endswith(("mlp.gate.weight", "ffn.gate.weight")) and ".layers.0." not in k]
+    assert router and any(not torch.equal(before[k], after[k]) for k in router)
