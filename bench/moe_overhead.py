@@ -1,10 +1,11 @@
-"""Wall-time cost of MoE telemetry (router hooks) and the layer snapshot on a GRPO stage, vs both off.
+"""Wall-time cost of MoE telemetry (router hooks), the layer snapshot and routing replay on a GRPO stage, vs all off.
 
     python bench/moe_overhead.py [--model runs/default/01_reasoning/final] [--steps 40] [--repeats 2]
 
 Runs ``run_pipeline.py configs/default.yaml --only grpo`` from the same model, alternating: (a) ``monitor.telemetry
 =false monitor.snapshot=false`` (the anchor), (b) telemetry on, (c) telemetry + snapshot on (the default), each a
-fresh child process, ``--repeats`` rounds. Reports the median stage wall time (manifest ``wall_time_s``) and the
+fresh child process, and (d) routing replay on with telemetry off (its extra scoring pass and hooks);
+``--repeats`` rounds. Reports the median stage wall time (manifest ``wall_time_s``) and the
 ratio to the anchor (target <= 1.05 for telemetry).
 """
 
@@ -23,6 +24,7 @@ VARIANTS = {
     "off": ["monitor.telemetry=false", "monitor.snapshot=false"],
     "telemetry": ["monitor.telemetry=true", "monitor.snapshot=false"],
     "telemetry+snapshot": ["monitor.telemetry=true", "monitor.snapshot=true"],
+    "replay": ["monitor.telemetry=false", "monitor.snapshot=false", "stages.grpo.routing_replay=replay"],
 }
 
 

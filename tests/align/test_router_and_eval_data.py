@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from align import training
@@ -13,10 +14,11 @@ from align.pipeline import run_pipeline
 from tests.conftest import SMOKE
 
 
-def test_frozen_router_stays_put_while_experts_train(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny-deepseek-v4", "tiny-qwen3-moe"])
+def test_frozen_router_stays_put_while_experts_train(tmp_path, preset):
     from transformers import AutoModelForCausalLM
 
-    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=4",
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=4", f"model.preset={preset}",
                               "stages.sft.router={freeze: true, aux_loss_coef: 0.0}"])
     run_pipeline(cfg, only="sft")
     before = AutoModelForCausalLM.from_pretrained(tmp_path / "base").state_dict()
