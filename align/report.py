@@ -140,23 +140,27 @@ def _plot_depth(ev: dict[str, Any], out: Path) -> str | None:
     return path.name
 
 
-def _plot_expert_load(m: dict[str, Any], out: Path) -> str | None:
+def plot_expert_load(m: dict[str, Any], out: Path, filename: str | None = None) -> str | None:
+    """Heatmap layer x expert of the fraction of routed token-slots (``metrics.moe.layers``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     layers = (m.get("metrics", {}).get("moe") or {}).get("layers")
     if not layers:
         return None
-    names = list(layers)
-    loads = [layers[n]["load"] for n in names]
+    names = [f"{n} ({layers[n].get('kind', '?')})" for n in layers]
+    loads = [layers[n]["load"] for n in layers]
     fig, ax = plt.subplots(figsize=(0.5 * max(len(x) for x in loads) + 3, 0.5 * len(names) + 1.5))
     width = max(len(x) for x in loads)
     im = ax.imshow([x + [0.0] * (width - len(x)) for x in loads], aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("expert")
-    ax.set_title(f"Expert load ({m['stage']}): fraction of routed token-slots")
+    ax.set_title(f"Expert load ({m['stage']}): fraction of routed token-slots per layer")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    path = out / f"expert_load_{m['stage']}.png"
+    path = out / (filename or f"expert_load_{m['stage']}.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name
@@ -217,7 +221,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines.append("")
         plots += [p for p in (_plot_suites(ev, out), _plot_depth(ev, out)) if p]
     for m in train:
-        plots += [p for p in (_plot_curves(m, out), _plot_expert_load(m, out)) if p]
+        plots += [p for p in (_plot_curves(m, out), plot_expert_load(m, out)) if p]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}](report/{p})" for p in plots] + [""]
     path = run_dir / "report.md"

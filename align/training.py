@@ -250,6 +250,10 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
         heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
         **loss_summary(trainer.state.log_history),
     )
+    if metrics.get("moe") and checkpoint.is_main_process():  # layer x expert heatmap in the stage folder
+        from align.report import plot_expert_load
+
+        plot_expert_load({"stage": ctx.stage_dir.name, "metrics": metrics}, ctx.stage_dir, "expert_load.png")
     return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
 
 

@@ -39,7 +39,8 @@ def stage_results(run_dir: Path) -> dict[str, dict]:
     for manifest in sorted(run_dir.glob("[0-9][0-9]_*/manifest.json")):
         m = json.loads(manifest.read_text())
         met = m.get("metrics", {})
-        out[m["stage"]] = {"after": met.get("heldout_accuracy"), "before": met.get("heldout_accuracy_before"),
+        out[m["stage"]] = {"kind": m["kind"], "after": met.get("heldout_accuracy"),
+                           "before": met.get("heldout_accuracy_before"),
                            "n": met.get("heldout_n", 0), "wall_s": m.get("wall_time_s"), "status": m.get("status")}
     return out
 
@@ -50,20 +51,24 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=str(ROOT / "runs" / "learning"))
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed")
+    p.add_argument("--summarize-only", action="store_true", help="read the run folders in --out; run nothing")
     args = p.parse_args()
 
     results, walls = {}, {}
     for seed in args.seeds:
         run_dir = Path(args.out) / f"seed{seed}"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), args.config, f"seed={seed}",
-                               f"output_dir={run_dir}", *args.overrides], cwd=ROOT)
-        walls[seed] = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"seed {seed}: run_pipeline.py exited {proc.returncode}")
+        if not args.summarize_only:
+            proc = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), args.config, f"seed={seed}",
+                                   f"output_dir={run_dir}", *args.overrides], cwd=ROOT)
+            if proc.returncode != 0:
+                sys.exit(f"seed {seed}: run_pipeline.py exited {proc.returncode}")
         results[seed] = stage_results(run_dir)
+        walls[seed] = (time.perf_counter() - t0 if not args.summarize_only
+                       else sum(r["wall_s"] or 0 for r in results[seed].values()))
 
-    stages = list(results[args.seeds[0]])
+    # the gain is the RL stage's (the last grpo stage) over the better of the training stages before it
+    stages = [s for s, r in results[args.seeds[0]].items() if r["kind"] != "eval"]
     print(f"\n{'seed':>4}  " + "  ".join(f"{s:>24}" for s in stages) + "  gain vs best earlier  gain vs before  wall s")
     gains, gains_before = [], []
     for seed in args.seeds:
@@ -85,7 +90,8 @@ def main() -> None:
           f"worst {100 * min(gains):+.1f} (targets: mean >= +10, worst >= +5)")
     print(f"{stages[-1]} gain vs its input model: mean {100 * statistics.mean(gains_before):+.1f}, "
           f"worst {100 * min(gains_before):+.1f}")
-    print(f"pipeline wall time: max {max(walls.values()):.0f} s (target <= 600 s)")
+    print(f"pipeline wall time: max {max(walls.values()):.0f} s (target <= 600 s; with --summarize-only: the sum of "
+          "stage wall times)")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ def test_smoke_manifests_hold_moe_telemetry(smoke_run):
     for s in m["layers"].values():
         assert sum(s["load"]) == pytest.approx(1.0, abs=1e-3)
     assert "layer2_ffn" in m["layer_snapshot"]
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(out / "00_sft" / "expert_load.png").shape[0] > 100  # the per-stage heatmap
     hist = json.loads((out / "02_grpo" / "log_history.json").read_text())
     assert any("moe/topk_mean_cv" in h for h in hist) and any("snapshot/emb/update_ratio" in h for h in hist)
 
