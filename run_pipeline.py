@@ -119,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PipelineError, DataError, MonitorError, FileNotFoundError, KeyError) as exc:
         logging.getLogger("align").error("%s", exc)
         return 2
+    from align.checkpoint import is_main_process
+
+    if not is_main_process():  # one table, one report: rank 0's
+        return 0
     print()
     print(format_table(rows))
     if args.only is None:
-        from align.checkpoint import is_main_process
         from align.report import write_report
 
-        if is_main_process():
-            print(f"report: {write_report(cfg.run_dir)}")
+        print(f"report: {write_report(cfg.run_dir)}")
     print(f"\nrun folder: {cfg.run_dir}")
     return 0
 

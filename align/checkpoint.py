@@ -41,6 +41,28 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def init_distributed() -> bool:
+    """Start the process group when launched on several ranks (``WORLD_SIZE`` > 1) and none exists yet: gloo on CPU
+    (DeepSpeed's CPU accelerator), nccl on GPUs. Done before any model is loaded (ZeRO-3 needs it; STACK-NOTES) and
+    so that rank 0 alone writes shared files while the others wait. Returns True when distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed): rank 0 writes shared files, the others read them after."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file and rename, so a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")

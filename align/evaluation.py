@@ -43,7 +43,8 @@ def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_
     batches = [ids[k : k + batch_size] for ids in buckets.values() for k in range(0, len(ids), batch_size)]
     n_ret = int(gen_kwargs.get("num_return_sequences", 1))
     out: list[list[str]] = [[] for _ in texts]
-    gen_kwargs = {"do_sample": False, **gen_kwargs}
+    # one rank generates alone (grading): never wait for the other ranks, even under a ZeRO-3 trainer config
+    gen_kwargs = {"do_sample": False, "synced_gpus": False, **gen_kwargs}
     with moe.generation_mode(model):
         for idx in tqdm(batches, desc=desc, leave=False):
             batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)

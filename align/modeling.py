@@ -6,11 +6,12 @@ tokenizer over printable ASCII built locally and saved with the model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,27 @@ def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str |
     return out
 
 
+@contextlib.contextmanager
+def whole_model_load() -> Iterator[None]:
+    """Load a whole model on this rank even while a DeepSpeed ZeRO-3 trainer config is alive in the process.
+
+    transformers partitions every ``from_pretrained`` across ranks (``zero.Init``) once a ZeRO-3 TrainingArguments
+    exists; a model loaded by one rank alone (grading, eval) would then wait for the others forever. Stages load
+    whole models and let the trainer partition them.
+    """
+    import transformers.integrations.deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    if config is not None:
+        hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_ds.set_hf_deepspeed_config(config)
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a local HF causal-LM directory and its tokenizer, with the MoE fixes of ``align.moe`` applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,7 +231,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[An
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with whole_model_load():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -76,11 +76,13 @@ def ensure_base(cfg: PipelineConfig) -> Path:
     manifest = checkpoint.read_json(base / "manifest.json")
     if manifest and manifest.get("config_hash") == want and (base / "config.json").is_file():
         return base
-    if base.exists():
-        shutil.rmtree(base)
-    modeling.build_base(cfg.model.preset, cfg.model.overrides, cfg.seed, base)
-    checkpoint.write_json_atomic(base / "manifest.json", {"stage": "base", "preset": cfg.model.preset,
-                                                          "config_hash": want, "status": "completed"})
+    if checkpoint.is_main_process():  # one writer; the other ranks wait at the barrier
+        if base.exists():
+            shutil.rmtree(base)
+        modeling.build_base(cfg.model.preset, cfg.model.overrides, cfg.seed, base)
+        checkpoint.write_json_atomic(base / "manifest.json", {"stage": "base", "preset": cfg.model.preset,
+                                                              "config_hash": want, "status": "completed"})
+    checkpoint.barrier()
     return base
 
 
@@ -88,6 +90,7 @@ def run_pipeline(
     cfg: PipelineConfig, only: str | None = None, init_from: str | Path | None = None, overwrite: bool = False
 ) -> list[dict[str, Any]]:
     """Run the planned stages in order; returns one summary row per stage (ran or skipped)."""
+    checkpoint.init_distributed()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint.is_main_process():
@@ -137,7 +140,9 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
                 "Pass --overwrite to replace it, or set output_dir to a new folder."
             )
         logger.warning("--overwrite: removing %s", stage_dir)
-        shutil.rmtree(stage_dir)
+        if checkpoint.is_main_process():
+            shutil.rmtree(stage_dir)
+        checkpoint.barrier()
     stage_dir.mkdir(parents=True, exist_ok=True)
     base_manifest = {
         "stage": stage.name, "kind": stage.kind, "index": index, "config_hash": chash, "input_model": str(init),
@@ -163,6 +168,7 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     }
     if checkpoint.is_main_process():
         checkpoint.write_json_atomic(manifest_path, manifest)
+    checkpoint.barrier()  # the next stage (on every rank) reads this manifest
     return _summary(stage, manifest, skipped=False)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,9 +241,10 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     from align import checkpoint, evaluation, modeling
     from align.checkpoint import StageResult
 
-    final = checkpoint.finalize(trainer.model, tok, ctx.stage_dir / "final")
-    if checkpoint.is_main_process():  # the curves of the run report
-        checkpoint.write_json_atomic(ctx.stage_dir / "log_history.json", trainer.state.log_history)
+    final = finalize_trained(trainer, tok, ctx)
+    if not checkpoint.is_main_process():  # rank 0 grades and writes; the others wait at the pipeline's barrier
+        return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
+    checkpoint.write_json_atomic(ctx.stage_dir / "log_history.json", trainer.state.log_history)  # report curves
     model, tok = modeling.load_model(final)
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     metrics.update(
@@ -255,6 +258,38 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
 
         plot_expert_load({"stage": ctx.stage_dir.name, "metrics": metrics}, ctx.stage_dir, "expert_load.png")
     return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
+
+
+def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
+    """``final/``: a plain HF model dir written once. Single process: ``checkpoint.finalize`` (LoRA merged). Under
+    DeepSpeed / several ranks: every rank joins ``trainer.save_model`` (ZeRO-3 gathers the partitioned weights; rank 0
+    writes), rank 0 merges LoRA adapters into the input model if any, then renames into place; all ranks wait."""
+    from align import checkpoint
+
+    out = ctx.stage_dir / "final"
+    if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
+        return checkpoint.finalize(trainer.model, tok, out)
+    tmp = out.with_name("final.tmp")
+    if checkpoint.is_main_process() and tmp.exists():
+        shutil.rmtree(tmp)
+    checkpoint.barrier()
+    trainer.save_model(str(tmp))
+    if checkpoint.is_main_process():
+        if (tmp / "adapter_config.json").is_file():  # LoRA: merge the saved adapter into the input model
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
+            merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
+            checkpoint.finalize(merged, tok, out)
+            shutil.rmtree(tmp)
+        else:
+            tok.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    checkpoint.barrier()
+    return out
 
 
 def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:

@@ -116,8 +116,11 @@ def grade_model(model_dir: Any, cfg: Any, seed: int) -> dict[str, Any]:
 
 def run(cfg: Any, ctx: Any) -> StageResult:
     """Grade the input model (and the ``compare`` stages' final models) on every suite; trains nothing."""
+    from align.checkpoint import is_main_process
     from align.pipeline import stage_dir_name
 
+    if not is_main_process():  # one rank grades; the others wait at the pipeline's barrier
+        return StageResult(final_dir=ctx.init_dir, steps=0, metrics={}, extra={})
     suites = grade_model(ctx.init_dir, cfg, ctx.seed)
     by_stage: dict[str, Any] = {}
     names = [s.name for s in ctx.pipeline.stages]
