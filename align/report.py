@@ -34,6 +34,16 @@ def log_history(stage_dir: Path) -> list[dict[str, Any]]:
     return json.loads(states[-1].read_text()).get("log_history", []) if states else []
 
 
+def _save(fig: Any, path: Path) -> str:
+    """Lay out, write (PNG, 100 dpi) and close a figure; returns the file name for the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
@@ -53,11 +63,7 @@ def _plot_curves(m: dict[str, Any], out: Path) -> str | None:
         ax.set_ylabel("mean reward (sampled)" if key == "reward" else "training loss (nats/token)")
         ax.set_title(f"{m['stage']} ({m['kind']}): {key}")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / f"curves_{m['stage']}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / f"curves_{m['stage']}.png")
 
 
 def _plot_accuracy(train: list[dict[str, Any]], out: Path) -> str | None:
@@ -76,11 +82,7 @@ def _plot_accuracy(train: list[dict[str, Any]], out: Path) -> str | None:
     ax.set_ylabel("held-out accuracy (greedy)")
     ax.set_title("Held-out accuracy by stage (each stage's own held-out split)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "accuracy_by_stage.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / "accuracy_by_stage.png")
 
 
 def _graded_models(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -109,11 +111,7 @@ def _plot_suites(ev: dict[str, Any], out: Path) -> str | None:
     ax.set_ylabel("accuracy (greedy)")
     ax.set_title(f"Eval suites by model ({ev['stage']})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / f"suites_{ev['stage']}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / f"suites_{ev['stage']}.png")
 
 
 def _plot_depth(ev: dict[str, Any], out: Path) -> str | None:
@@ -133,11 +131,7 @@ def _plot_depth(ev: dict[str, Any], out: Path) -> str | None:
     ax.set_title("Retrieval accuracy by needle depth (position bias)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / f"needle_by_depth_{ev['stage']}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / f"needle_by_depth_{ev['stage']}.png")
 
 
 def plot_expert_load(m: dict[str, Any], out: Path, filename: str | None = None) -> str | None:
@@ -159,11 +153,7 @@ def plot_expert_load(m: dict[str, Any], out: Path, filename: str | None = None) 
     ax.set_xlabel("expert")
     ax.set_title(f"Expert load ({m['stage']}): fraction of routed token-slots per layer")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    path = out / (filename or f"expert_load_{m['stage']}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / (filename or f"expert_load_{m['stage']}.png"))
 
 
 def stage_table(manifests: list[dict[str, Any]]) -> list[str]:

@@ -26,12 +26,17 @@ def _code_word(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10))
 
 
-def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> tuple[str, int]:
-    """Filler text of about ``chars`` characters with ``needle`` inserted at fraction ``depth``; returns (text, offset)."""
+def filler_words(rng: random.Random, chars: int) -> list[str]:
+    """Random filler words totalling about ``chars`` characters (with spaces)."""
     words: list[str] = []
     while sum(len(w) + 1 for w in words) < chars:
         words.append(rng.choice(FILLER))
-    text = " ".join(words)
+    return words
+
+
+def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> tuple[str, int]:
+    """Filler text of about ``chars`` characters with ``needle`` inserted at fraction ``depth``; returns (text, offset)."""
+    text = " ".join(filler_words(rng, chars))
     cut = int((len(text) + len(needle) + 1) * depth)  # depth is measured in the final context, needle included
     if cut >= len(text):  # at the very end: after the last word, separated by a space
         return text + " " + needle, len(text) + 1

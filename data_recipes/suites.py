@@ -17,7 +17,7 @@ import random
 import string
 from typing import Any, Literal
 
-from data_recipes.needle import FILLER
+from data_recipes.needle import filler_words
 from data_recipes.registry import register_recipe
 from data_recipes.splits import in_heldout
 
@@ -174,13 +174,6 @@ _NAMES = ["ana", "bo", "cy", "dee", "eli", "fay", "gus", "ivy", "jo", "kim", "lu
 _COLOURS = ["red", "blue", "green", "grey", "gold", "pink", "teal", "brown", "black", "white"]
 
 
-def _filler(rng: random.Random, chars: int) -> list[str]:
-    words: list[str] = []
-    while sum(len(w) + 1 for w in words) < chars:
-        words.append(rng.choice(FILLER))
-    return words
-
-
 @register_recipe("two_hop")
 def two_hop(split: Split, n: int, seed: int, context_chars: int = 400,
             depths: tuple[float, float] | list[float] = (0.2, 0.8)) -> list[dict[str, Any]]:
@@ -193,7 +186,7 @@ def two_hop(split: Split, n: int, seed: int, context_chars: int = 400,
     def make(rng: random.Random) -> tuple[str, dict[str, Any]]:
         name, colour = rng.choice(_NAMES), rng.choice(_COLOURS)
         word = "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10))
-        words = _filler(rng, context_chars)
+        words = filler_words(rng, context_chars)
         first, second = f"{name} keeps the {colour} key .", f"the {colour} key opens the code word {word} ."
         i, j = sorted((int(len(words) * d1), int(len(words) * d2)))
         parts = [*words[:i], first, *words[i:j], second, *words[j:]] if d1 <= d2 else \
