@@ -88,10 +88,7 @@ def _plot_accuracy(train: list[dict[str, Any]], out: Path) -> str | None:
 def _graded_models(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """model label -> {suite: result} for an eval manifest (compared stages, then the eval's input)."""
     met = ev.get("metrics", {})
-    graded = dict(met.get("by_stage", {}))
-    if not any(v == met.get("suites") for v in graded.values()):
-        graded[f"input of {ev['stage']}"] = met.get("suites", {})
-    return graded
+    return {**met.get("by_stage", {}), f"input of {ev['stage']}": met.get("suites", {})}
 
 
 def _plot_suites(ev: dict[str, Any], out: Path) -> str | None:

@@ -175,3 +175,27 @@ def test_taken_port_is_a_clear_error(tmp_path):
                                f"output_dir={tmp_path}", f"monitor.port={port}", "stages.sft.trainer.max_steps=2"],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"monitor.port {port}" in proc.stderr
+
+
+def test_router_policy_bias_update_and_top_k_through_a_stage(tmp_path):
+    """The policy block reaches a real SFT stage: the correction bias moves, top-1 routing is saved and reloads."""
+    from safetensors.torch import load_file
+
+    from align.config import load_config
+    from align.pipeline import run_pipeline
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=4",
+                              "model.router={aux_loss_coef: 0.001, bias_update: 0.01, top_k: 1}"])
+    run_pipeline(cfg, only="sft")
+    m = json.loads((tmp_path / "00_sft" / "manifest.json").read_text())["metrics"]["moe"]
+    assert m["bias_gamma"] == 0.01 and m["bias_mean_abs"] > 0
+    assert all(s["tokens"] > 0 for s in m["layers"].values())
+    final = load_file(tmp_path / "00_sft" / "final" / "model.safetensors")
+    biases = [v for k, v in final.items() if k.endswith("gate.bias")]
+    assert biases and all(float(b.abs().sum()) > 0 for b in biases)  # saved with the model
+    model, _ = modeling.load_model(tmp_path / "00_sft" / "final")
+    assert model.config.num_experts_per_tok == 1
+    load = ExpertLoad(model)
+    with torch.no_grad():
+        model(input_ids=torch.randint(5, 100, (2, 8)))
+    assert all(s["tokens"] == 16 for s in load.window().values())  # one expert per token after reload
