@@ -5,6 +5,8 @@
     python run_pipeline.py configs/x.yaml --only sft --init-from DIR
     python run_pipeline.py configs/x.yaml output_dir=/tmp/r stages.sft.trainer.learning_rate=3e-4
     python run_pipeline.py configs/x.yaml --dry-run          # resolved config + plan, runs nothing
+    python run_pipeline.py configs/x.yaml --nproc 2 --zero 3 # each stage as a 2-process DeepSpeed ZeRO-3 job
+    python run_pipeline.py plan --model tiny-deepseek-v4 --gpus 8 --zero 3   # memory per GPU, runs nothing
     python run_pipeline.py --list-stages | --list-verifiers
     python run_pipeline.py report runs/<name>                # regenerate runs/<name>/report.md
     python run_pipeline.py ablate configs/x.yaml --vary stages.grpo.trainer.learning_rate=1e-4,3e-5 [--vary ...]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -25,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="DIR", help="HF model dir the (first) planned stage starts from")
     p.add_argument("--overwrite", action="store_true", help="replace stage folders whose config or input changed")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; run nothing")
+    p.add_argument("--nproc", type=int, metavar="N", help="launch each stage on N processes (distributed.nproc)")
+    p.add_argument("--zero", type=int, choices=(0, 2, 3), help="ZeRO stage of --nproc runs: 0 (DDP), 2, 3 (distributed.zero)")
     p.add_argument("--list-stages", action="store_true", help="print the stage kinds and exit")
     p.add_argument("--list-verifiers", action="store_true", help="print every verifier name with its origin and exit")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -100,11 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from align.config import ConfigError, dump_yaml, load_config
+    from align.distributed import DistributedError, world_size
     from align.monitor import MonitorError
-    from align.pipeline import PipelineError, format_table, plan, run_pipeline, stage_dir_name
+    from align.pipeline import PipelineError, format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name
     from data_recipes import DataError
 
     try:
+        if args.nproc is not None:
+            args.overrides.append(f"distributed.nproc={args.nproc}")
+        if args.zero is not None:
+            args.overrides.append(f"distributed.zero={args.zero}")
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             print(dump_yaml(cfg))
@@ -115,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{cfg.run_dir}/{stage_dir_name(index - 1, cfg.stages[index - 1])}/final")
                 print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src}")
             return 0
-        rows = run_pipeline(cfg, only=args.only, init_from=args.init_from, overwrite=args.overwrite)
-    except (ConfigError, PipelineError, DataError, MonitorError, FileNotFoundError, KeyError) as exc:
+        # a run already launched on several ranks (accelerate launch, or our own launch below) runs in-process
+        if cfg.distributed.nproc > 1 and world_size() == 1 and not os.environ.get("ALIGN_LAUNCHED"):
+            rows = run_pipeline_launched(cfg, args.config, args.overrides, cfg.distributed.nproc, cfg.distributed.zero,
+                                         only=args.only, init_from=args.init_from, overwrite=args.overwrite)
+        else:
+            rows = run_pipeline(cfg, only=args.only, init_from=args.init_from, overwrite=args.overwrite)
+    except (ConfigError, PipelineError, DataError, MonitorError, DistributedError, FileNotFoundError, KeyError) as exc:
         logging.getLogger("align").error("%s", exc)
         return 2
     from align.checkpoint import is_main_process

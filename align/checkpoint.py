@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align.distributed import barrier, init_distributed, is_main_process  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 MARKER = "align_complete.json"
@@ -34,33 +36,6 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     """More manifest fields (data recipe and hash, verifier versions...)."""
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (or when not distributed)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def init_distributed() -> bool:
-    """Start the process group when launched on several ranks (``WORLD_SIZE`` > 1) and none exists yet: gloo on CPU
-    (DeepSpeed's CPU accelerator), nccl on GPUs. Done before any model is loaded (ZeRO-3 needs it; STACK-NOTES) and
-    so that rank 0 alone writes shared files while the others wait. Returns True when distributed."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed): rank 0 writes shared files, the others read them after."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

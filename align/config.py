@@ -81,6 +81,30 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How the orchestrator launches stages on several processes (``--nproc`` / ``--zero`` override it).
+
+    With ``nproc`` > 1, every stage runs as its own ``accelerate launch`` job with ``configs/accelerate/<zero>.yaml``
+    (``zero`` 0: plain DDP, 2: ZeRO-2, 3: ZeRO-3). A run already started by ``accelerate launch`` ignores this block.
+    """
+
+    nproc: int = 1
+    """Processes per stage (GPUs on a GPU node; CPU ranks with gloo otherwise)."""
+    zero: int = 3
+    """DeepSpeed ZeRO stage for multi-process runs: 0 (plain DDP), 2 or 3."""
+    self_test_timeout_s: float = 120.0
+    """Bound on the ZeRO-3 start-up self-test (one forward/backward, ranks routed to different experts)."""
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise ValueError("nproc: must be at least 1")
+        if self.zero not in (0, 2, 3):
+            raise ValueError(f"zero: {self.zero!r} is not one of 0 (plain DDP), 2, 3")
+        if self.self_test_timeout_s <= 0:
+            raise ValueError("self_test_timeout_s: must be positive")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The backbone the first stage starts from."""
 
@@ -308,6 +332,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: tuple[StageConfig, ...] = ()
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         if not self.stages:

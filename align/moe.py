@@ -22,6 +22,25 @@ def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return blocks
 
 
+def mark_zero3_leaves(model: nn.Module) -> list[str]:
+    """Make every sparse MoE block class of ``model`` a DeepSpeed ZeRO-3 *leaf module*; returns the class names.
+
+    ZeRO-3 gathers a module's partitioned parameters in hooks that fire when the module runs. Inside an MoE block
+    only the experts a rank's tokens chose run, so the ranks gather different experts and wait on collectives the
+    others never join (a hang, or a "tracing error" when LoRA wraps DeepSeek-V4's experts; STACK-NOTES). A leaf
+    module is gathered whole when the block starts. The flag (``_z3_leaf``, what DeepSpeed's ``set_z3_leaf_modules``
+    sets on instances) is set on the *class*, so models built later from the same classes (TRL's reference model,
+    a reload) are leaves too; it changes nothing outside ZeRO-3.
+    """
+    classes = {type(block) for _, block in find_moe_blocks(model)}
+    for cls in classes:
+        cls._z3_leaf = True
+    names = sorted(c.__name__ for c in classes)
+    if names:
+        logger.info("ZeRO-3 leaf modules: %s", ", ".join(names))
+    return names
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, active per token). Routed experts count ``top_k / n_experts`` of their parameters as active."""
     total = sum(p.numel() for p in model.parameters())

@@ -202,3 +202,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['heldout_n'] or '-':>5}  {note}"
         )
     return "\n".join(lines)
+
+
+def run_pipeline_launched(cfg: PipelineConfig, config_path: str | None, overrides: list[str], nproc: int, zero: int,
+                          only: str | None = None, init_from: str | Path | None = None,
+                          overwrite: bool = False) -> list[dict[str, Any]]:
+    """Run the planned stages one after another, each as its own ``accelerate launch`` job on ``nproc`` processes
+    (``zero`` 0: plain DDP, 2 or 3: DeepSpeed ZeRO). Each job is ``run_pipeline.py CONFIG --only STAGE``, so it
+    resumes, skips and writes manifests exactly as a single-process run does; a fresh process group per stage frees
+    every rank's memory between stages. Returns the same summary rows as ``run_pipeline``."""
+    from align.distributed import launch_command, run_launched
+
+    rows = []
+    for pos, (index, stage) in enumerate(plan(cfg, only)):
+        args = [config_path or "configs/default.yaml", *overrides, "--only", stage.name]
+        if pos == 0 and init_from is not None:
+            args += ["--init-from", str(init_from)]
+        if overwrite:
+            args.append("--overwrite")
+        manifest_path = cfg.run_dir / stage_dir_name(index, stage) / "manifest.json"
+        started = time.time()
+        rc = run_launched(launch_command(args, nproc, zero))
+        if rc != 0:
+            raise PipelineError(f"stage {stage.name!r}: the {nproc}-process job exited with status {rc} (its log is "
+                                "above; the stage resumes from its last complete checkpoint when rerun)")
+        manifest = checkpoint.read_json(manifest_path) or {}
+        skipped = manifest_path.stat().st_mtime < started
+        rows.append(_summary(stage, manifest, skipped=skipped))
+    return rows

@@ -26,11 +26,11 @@ def trainer_defaults(stage_dir: Path, seed: int) -> dict[str, Any]:
     right) and fp32 without gradient checkpointing, which is faster than TRL's bf16 + checkpointing for tiny models
     (STACK-NOTES).
     """
-    cpu = not torch.cuda.is_available()
+    from align.distributed import device_args
+
     return {
         "output_dir": str(stage_dir),
-        "use_cpu": cpu,
-        "bf16": False if cpu else torch.cuda.is_bf16_supported(),
+        **device_args(),
         "gradient_checkpointing": False,
         "report_to": "none",
         "logging_steps": 10,
@@ -41,6 +41,22 @@ def trainer_defaults(stage_dir: Path, seed: int) -> dict[str, Any]:
         "dataloader_num_workers": 0,
         "disable_tqdm": False,
     }
+
+
+class ZeroSelfTestCallback(TrainerCallback):
+    """Under DeepSpeed ZeRO-3: the start-up self-test (``align.distributed.zero3_self_test``) on the trainer's engine,
+    once, before the first step (after a resume's checkpoint load); its result lands in ``trainer.zero3_self_test``."""
+
+    def __init__(self, trainer: Any, timeout_s: float) -> None:
+        self.trainer, self.timeout_s = trainer, timeout_s
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from align.distributed import zero3_self_test
+
+        engine = getattr(self.trainer, "model_wrapped", None)
+        if engine is None or getattr(engine, "zero_optimization_stage", lambda: 0)() != 3:
+            return
+        self.trainer.zero3_self_test = zero3_self_test(engine, self.timeout_s)
 
 
 class CompleteCheckpointCallback(TrainerCallback):
@@ -88,11 +104,15 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
     ``/stats`` monitor serves while training when ``monitor.port`` is set (main process only).
     """
     from align.checkpoint import is_main_process, last_complete_checkpoint
+    from align.distributed import zero_stage
     from align.moe import is_moe
 
     resume = last_complete_checkpoint(stage_dir)
     if resume:
         logger.info("resuming from %s", resume)
+    if zero_stage() == 3:
+        timeout = ctx.pipeline.distributed.self_test_timeout_s if ctx is not None else 120.0
+        trainer.add_callback(ZeroSelfTestCallback(trainer, timeout))
     callback = monitor = None
     if ctx is not None:
         mon_cfg = ctx.pipeline.monitor
@@ -200,9 +220,12 @@ def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
 def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     """Load the stage's input model, apply the router policy (aux-loss coefficient, frozen router)."""
     from align import modeling, moe
+    from align.distributed import zero_stage
 
     model, tok = modeling.load_model(ctx.init_dir)
     logger.info("%s", modeling.describe(model))
+    if zero_stage() == 3:  # before any DeepSpeed engine (TRL wraps a reference model while the trainer is built)
+        moe.mark_zero3_leaves(model)
     coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)
     if ctx.router.top_k is not None:
         moe.set_top_k(model, ctx.router.top_k)
@@ -250,6 +273,7 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     metrics.update(
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
         heldout_by_verifier=graded["by_verifier"], **({"moe": trainer.moe_summary} if getattr(trainer, "moe_summary", None) else {}),
+        **({"zero3_self_test": trainer.zero3_self_test} if getattr(trainer, "zero3_self_test", None) else {}),
         heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
         **loss_summary(trainer.state.log_history),
     )
