@@ -41,6 +41,40 @@ def mark_zero3_leaves(model: nn.Module) -> list[str]:
     return names
 
 
+def zero3_adapter_params(model: nn.Module) -> int:
+    """ZeRO-3 bookkeeping for LoRA on *parameters* (peft ``target_parameters``: fused experts, DeepSeek routers).
+
+    Such a wrapper builds ``W + B @ A`` from tensors that belong to other modules (its ``lora_A``/``lora_B`` and the
+    wrapped layer's weight), never by calling them, so ZeRO-3's per-module hooks would not gather them ("tracing
+    error"). Each is registered as an external parameter of its wrapper (gathered when the wrapper runs). The MoE
+    block holding such a wrapper is taken off the leaf list again (on the instance): a leaf block reduces its
+    parameters' gradients when the gradient of its *input* is ready, but autograd accumulates the adapters'
+    gradients only at the very end of the backward pass, so DeepSpeed would reduce zeros and then fail on the real
+    gradient. Without the leaf flag every adapter gradient is reduced by its own hook when it arrives; fused-expert
+    blocks run every child on every rank, so they need no leaf flag to keep the ranks in step. Returns how many
+    parameters were registered.
+    """
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    n = 0
+    wrapper_blocks = set()
+    blocks = find_moe_blocks(model)
+    for name, module in model.named_modules():
+        if not (hasattr(module, "parameter_name") and hasattr(module, "lora_A")):  # peft's ParamWrapper
+            continue
+        for p in module.parameters():
+            register_external_parameter(module, p)
+            n += 1
+        wrapper_blocks.update(id(b) for bname, b in blocks if name.startswith(bname + "."))
+    for _, block in blocks:
+        if id(block) in wrapper_blocks:
+            block._z3_leaf = False
+    if n:
+        logger.info("ZeRO-3: %d LoRA-on-parameter tensors registered with their wrappers; %d MoE blocks gather "
+                    "per module instead of as leaves", n, len(wrapper_blocks))
+    return n
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, active per token). Routed experts count ``top_k / n_experts`` of their parameters as active."""
     total = sum(p.numel() for p in model.parameters())

@@ -201,6 +201,12 @@ def wrap_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
         target_parameters=params or None, task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, cfg)
+    from align.distributed import zero_stage
+
+    if zero_stage() == 3 and params:
+        from align.moe import zero3_adapter_params
+
+        zero3_adapter_params(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA on %d modules and %d parameters: %d trainable parameters", len(modules), len(params), trainable)
     return peft_model
@@ -293,7 +299,7 @@ def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
     out = ctx.stage_dir / "final"
     if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
         return checkpoint.finalize(trainer.model, tok, out)
-    tmp = out.with_name("final.tmp")
+    tmp = out.with_name("final.gathered")  # not final.tmp: checkpoint.finalize (the LoRA merge below) writes there
     if checkpoint.is_main_process() and tmp.exists():
         shutil.rmtree(tmp)
     checkpoint.barrier()
@@ -303,7 +309,10 @@ def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
+            from align.modeling import whole_model_load
+
+            with whole_model_load():  # rank 0 alone: outside the trainer's ZeRO-3 partitioning
+                base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
             merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
             checkpoint.finalize(merged, tok, out)
             shutil.rmtree(tmp)
