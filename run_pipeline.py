@@ -77,8 +77,44 @@ def ablate_main(argv: list[str]) -> int:
     return 0
 
 
+def plan_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="align plan", description="Per-GPU memory of a training stage; runs nothing.")
+    p.add_argument("--model", required=True,
+                   help="a preset (tiny-deepseek-v4...), a planning config (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b), "
+                        "a config.json or a model directory")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs in total (all nodes)")
+    p.add_argument("--zero", type=int, choices=(0, 2, 3), default=3)
+    p.add_argument("--lora", action="store_true", help="LoRA on attention, experts and router (align's default targets)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--no-checkpointing", action="store_true", help="activations without activation checkpointing")
+    p.add_argument("--rollout-tokens", type=int, help="prompt + completion tokens per GRPO rollout (default: --seq-len)")
+    p.add_argument("--rollout-sequences", type=int, default=8, help="sequences generated at once per GPU")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from align.planner import format_plan, plan
+
+    try:
+        result = plan(args.model, args.gpus, args.zero, lora=args.lora, seq_len=args.seq_len,
+                      micro_batch=args.micro_batch, checkpointing=not args.no_checkpointing,
+                      rollout_tokens=args.rollout_tokens, rollout_sequences=args.rollout_sequences)
+    except (FileNotFoundError, ValueError) as exc:
+        logging.getLogger("align").error("%s", exc)
+        return 2
+    import json
+
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "plan":
+        return plan_main(argv[1:])
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     if argv and argv[0] == "ablate":
