@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("align").error("%s", exc)
         return 2
     from align.checkpoint import is_main_process
+    from align.distributed import shutdown
 
+    shutdown()
     if not is_main_process():  # one table, one report: rank 0's
         return 0
     print()
@@ -185,4 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align.distributed import exit_process
+
+    exit_process(main())

@@ -142,7 +142,7 @@ def worker(args: argparse.Namespace) -> None:
                           else p.numel() for p in engine.module.parameters()))
             print("RESULT " + json.dumps(result), flush=True)
         engine.step()
-    distributed.barrier()
+    distributed.shutdown()
 
 
 def run(nproc: int, zero: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -165,8 +165,10 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        from align.distributed import exit_process
+
         worker(args)
-        return
+        exit_process(0)
     rows = [("1 process", run(1, 0, args)), ("ZeRO-2 x 2", run(2, 2, args)), ("ZeRO-3 x 2", run(2, 3, args))]
     anchor = rows[0][1][0]["total"]
     mib = 1 << 20

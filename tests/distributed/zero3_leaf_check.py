@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 import torch
 from torch import nn
@@ -119,9 +118,11 @@ def main() -> int:
     if distributed.is_main_process():
         print("SELF-TEST " + json.dumps(result))
         print("LOSSES " + json.dumps(losses))
-    distributed.barrier()
+    distributed.shutdown()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align.distributed import exit_process
+
+    exit_process(main())
