@@ -4,9 +4,10 @@
 
 Each seed is one ``run_pipeline.py`` process (``seed=N``: model init, data order, sampling), run one after another
 (two torch jobs on 2 cores thrash). Per stage: greedy held-out accuracy after the stage with its 95 % Wilson
-interval, and ``before`` (the stage's input model on the same held-out problems). The GRPO gain is
-``grpo after - max(sft after, reasoning after)`` (issue 4's measure) and ``grpo after - grpo before``; the targets:
-worst seed >= +5 points, mean >= +10. Stages already completed in ``--out`` are skipped by the pipeline's own hash
+interval, and ``before`` (the stage's input model on the same held-out problems). Issue 4's gain is the GRPO
+stage's accuracy minus the better of the earlier training stages, all graded on the *GRPO stage's* held-out problems
+(each earlier stage's ``final/`` is graded on them here, greedy, by the same verifiers; cached in
+``<run>/same_heldout.json``); also shown: ``grpo after - grpo before``. Targets: worst seed >= +5 points, mean >= +10. Stages already completed in ``--out`` are skipped by the pipeline's own hash
 check, so an interrupted bench resumes.
 """
 
@@ -45,6 +46,31 @@ def stage_results(run_dir: Path) -> dict[str, dict]:
     return out
 
 
+def same_heldout(run_dir: Path, config: str, seed: int, overrides: list[str]) -> dict[str, float]:
+    """Every training stage's final model graded on the last grpo stage's held-out rows (greedy), cached."""
+    cache = run_dir / "same_heldout.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    sys.path.insert(0, str(ROOT))
+    from align import evaluation, modeling
+    from align.config import load_config
+    from align.pipeline import stage_dir_name
+    from data_recipes import build_rows
+
+    cfg = load_config(config, [f"seed={seed}", *overrides])
+    grpo = [(i, s) for i, s in enumerate(cfg.stages) if s.kind == "grpo"][-1]
+    rows = build_rows(grpo[1].data, "heldout", seed, "grpo")
+    out = {}
+    for i, stage in enumerate(cfg.stages[: grpo[0] + 1]):
+        if stage.kind == "eval":
+            continue
+        model, tok = modeling.load_model(run_dir / stage_dir_name(i, stage) / "final")
+        out[stage.name] = evaluation.grade_heldout(model, tok, rows, grpo[1].eval.max_new_tokens,
+                                                   grpo[1].eval.batch_size)["accuracy"]
+    cache.write_text(json.dumps(out))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
@@ -64,12 +90,14 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"seed {seed}: run_pipeline.py exited {proc.returncode}")
         results[seed] = stage_results(run_dir)
+        for name, acc in same_heldout(run_dir, args.config, seed, args.overrides).items():
+            results[seed][name]["same"] = acc
         walls[seed] = (time.perf_counter() - t0 if not args.summarize_only
                        else sum(r["wall_s"] or 0 for r in results[seed].values()))
 
     # the gain is the RL stage's (the last grpo stage) over the better of the training stages before it
     stages = [s for s, r in results[args.seeds[0]].items() if r["kind"] != "eval"]
-    print(f"\n{'seed':>4}  " + "  ".join(f"{s:>24}" for s in stages) + "  gain vs best earlier  gain vs before  wall s")
+    print(f"\n{'seed':>4}  " + "  ".join(f"{s:>30}" for s in stages) + "  gain vs best earlier  gain vs before  wall s")
     gains, gains_before = [], []
     for seed in args.seeds:
         r = results[seed]
@@ -77,15 +105,15 @@ def main() -> None:
         for s in stages:
             a, b, n = r[s]["after"], r[s]["before"], r[s]["n"]
             lo, hi = wilson(a, n)
-            cells.append(f"{a:.3f} [{lo:.2f}-{hi:.2f}] ({b if b is None else round(b, 3)})")
+            cells.append(f"{a:.3f} [{lo:.2f}-{hi:.2f}] ({b if b is None else round(b, 3)}) {r[s]['same']:.3f}")
         last, earlier = stages[-1], stages[:-1]
-        gain = r[last]["after"] - max(r[s]["after"] for s in earlier) if earlier else float("nan")
+        gain = r[last]["after"] - max(r[s]["same"] for s in earlier) if earlier else float("nan")
         gain_before = r[last]["after"] - (r[last]["before"] or 0.0)
         gains.append(gain)
         gains_before.append(gain_before)
-        print(f"{seed:>4}  " + "  ".join(f"{c:>24}" for c in cells)
+        print(f"{seed:>4}  " + "  ".join(f"{c:>30}" for c in cells)
               + f"  {100 * gain:+19.1f}  {100 * gain_before:+13.1f}  {walls[seed]:6.0f}")
-    print("after [95% CI] (before); gains in points; n = " + ", ".join(f"{s}: {results[args.seeds[0]][s]['n']}" for s in stages))
+    print("after [95% CI] (before) on the stage's own held-out, then on the grpo held-out; gains in points; n = " + ", ".join(f"{s}: {results[args.seeds[0]][s]['n']}" for s in stages))
     print(f"{stages[-1]} gain vs the best earlier stage: mean {100 * statistics.mean(gains):+.1f}, "
           f"worst {100 * min(gains):+.1f} (targets: mean >= +10, worst >= +5)")
     print(f"{stages[-1]} gain vs its input model: mean {100 * statistics.mean(gains_before):+.1f}, "

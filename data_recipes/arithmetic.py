@@ -43,6 +43,20 @@ def column_trace(a: int, op: str, b: int) -> str:
     return ";".join(steps) + f";={result}"
 
 
+def dropped_carry_demo(a: int, b: int) -> tuple[str, str]:
+    """(trace, answer) of a teacher that forgets the carry out of the top column of ``a + b``.
+
+    >>> dropped_carry_demo(746, 312)
+    ('6+2=8;4+1=5;7+3=10;=058', '058')
+    """
+    trace = column_trace(a, "+", b)
+    steps = trace.split(";")[:-1]
+    steps[-1] = steps[-1].removesuffix(" c1")
+    columns = max(len(str(a)), len(str(b)))
+    wrong = str((a + b) % 10**columns).zfill(columns)
+    return ";".join(steps) + f";={wrong}", wrong
+
+
 def _problem(rng: random.Random, digits: int, ops: tuple[str, ...], mixed: bool) -> tuple[int, str, int]:
     if mixed:  # a mixture of difficulties: each operand gets 1..digits digits
         da, db = rng.randint(1, digits), rng.randint(1, digits)
@@ -62,14 +76,25 @@ def arithmetic(
     ops: tuple[str, ...] | list[str] = ("+", "-"),
     style: Literal["answer", "trace"] = "answer",
     mixed_lengths: bool = False,
+    teacher_drops_carry: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """``n`` distinct problems of ``split``; ``style="trace"`` puts a column trace in ``<think>`` before the answer."""
+    """``n`` distinct problems of ``split``; ``style="trace"`` puts a column trace in ``<think>`` before the answer.
+
+    ``teacher_drops_carry``: an imperfect teacher, as when traces are distilled from a weaker model. In this fraction
+    of the *training* rows of ``a + b`` whose sum carries out of the top column, the demonstration (trace and
+    answer) forgets that carry (``746+312`` -> ``058``). Each row's ``answer``, the gold the verifiers grade
+    against, stays correct, and held-out rows are never corrupted. Supervised stages imitate the mistake;
+    verifier-rewarded RL can undo it.
+    """
     ops = tuple(ops)
     if not set(ops) <= {"+", "-"} or not ops:
         raise ValueError(f"arithmetic: ops must be a non-empty subset of ['+', '-'], got {list(ops)}")
     if digits < 1:
         raise ValueError("arithmetic: digits must be >= 1")
+    if not 0.0 <= teacher_drops_carry <= 1.0:
+        raise ValueError(f"arithmetic: teacher_drops_carry must be in [0, 1], got {teacher_drops_carry}")
     rng = random.Random(f"arithmetic/{split}/{seed}")
+    teacher = random.Random(f"arithmetic/teacher/{split}/{seed}")  # its own stream: the problems stay the same
     want_heldout = split == "heldout"
     rows, seen = [], set()
     low = 0 if mixed_lengths or digits == 1 else 10 ** (digits - 1)
@@ -83,7 +108,11 @@ def arithmetic(
             continue
         seen.add(text)
         answer = str(a + b if op == "+" else a - b)
-        content = f"<think>{column_trace(a, op, b)}</think>{answer}" if style == "trace" else answer
+        trace, shown = column_trace(a, op, b), answer
+        slip = teacher.random() < teacher_drops_carry  # drawn for every row, so rows do not shift
+        if slip and split == "train" and op == "+" and len(answer) > max(len(str(a)), len(str(b))):
+            trace, shown = dropped_carry_demo(a, b)
+        content = f"<think>{trace}</think>{shown}" if style == "trace" else shown
         prompt = [{"role": "user", "content": text}]
         rows.append(
             {
