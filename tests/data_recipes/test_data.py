@@ -133,3 +133,29 @@ def test_needle_sits_at_the_stated_depth():
         at = row["meta"]["needle_char"]
         assert context[at:].startswith(f"the code word is {row['answer']} .")
         assert abs(at / len(context) - row["meta"]["depth"]) < 0.1
+
+
+def test_noisy_teacher_drops_only_the_final_carry_of_training_demonstrations():
+    import doctest
+
+    import data_recipes.arithmetic as recipe
+
+    assert doctest.testmod(recipe).failed == 0
+    clean = arithmetic("train", 2000, 0, digits=3, ops=["+"], style="trace")
+    noisy = arithmetic("train", 2000, 0, digits=3, ops=["+"], style="trace", teacher_drops_carry=0.7)
+    assert [r["prompt"] for r in noisy] == [r["prompt"] for r in clean]  # same problems, same order
+    assert [r["answer"] for r in noisy] == [r["answer"] for r in clean]  # the gold stays correct
+    carry_out = [i for i, r in enumerate(clean) if len(r["answer"]) > 3]
+    changed = [i for i, (a, b) in enumerate(zip(clean, noisy)) if a["messages"] != b["messages"]]
+    assert set(changed) <= set(carry_out)  # only sums that carry out of the hundreds
+    assert abs(len(changed) / len(carry_out) - 0.7) < 0.05
+    for i in changed:
+        a, b = (int(x) for x in re.findall(r"\d+", noisy[i]["prompt"][0]["content"]))
+        trace, shown = recipe.dropped_carry_demo(a, b)
+        assert noisy[i]["messages"][-1]["content"] == f"<think>{trace}</think>{shown}"
+        assert shown == noisy[i]["answer"][1:] and shown != noisy[i]["answer"]
+    # held-out rows are never corrupted; bad values are refused
+    held = arithmetic("heldout", 300, 0, digits=3, ops=["+"], style="trace", teacher_drops_carry=1.0)
+    assert all(r["messages"][-1]["content"].endswith("</think>" + r["answer"]) for r in held)
+    with pytest.raises(ValueError, match="teacher_drops_carry"):
+        arithmetic("train", 10, 0, teacher_drops_carry=1.5)
