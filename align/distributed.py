@@ -23,7 +23,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "zero2": "zero2.yaml", "zero3": "zero3.yaml"}
 SELF_TEST_EXIT = 3
 """Exit status of a rank whose ZeRO-3 self-test timed out (a would-be hang)."""
 
@@ -63,8 +62,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Tear the process group down (every rank, at the end of a run): leaving it to interpreter exit can abort a
-    rank while gloo's threads are still joinable ("terminate called without an active exception")."""
+    """Tear the process group down on every rank at the end of a run (after a last barrier), before the rank exits
+    through ``exit_process``."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -73,10 +72,12 @@ def shutdown() -> None:
 
 
 def exit_process(code: int) -> None:
-    """End a rank of a multi-process run: flush, then ``os._exit``. Under load, DeepSpeed's CPU shared-memory comm op
-    (built into every CPU rank) can abort the interpreter's final teardown ("terminate called without an active
-    exception", exit -6) after all work is done, which the launcher reports as a failed job (seen 1 in 6 runs with the
-    cores busy; 0 in 8 with this). Python's exit handlers run; the C++ static destructors are skipped. Single-process runs exit normally."""
+    """End a rank of a multi-process run: Python's exit handlers, flush, then ``os._exit``.
+
+    Under load, a CPU rank's interpreter teardown sometimes aborted after all work was done ("terminate called without
+    an active exception", exit -6; most likely DeepSpeed's shared-memory comm op), and the launcher reported the
+    finished job as failed: 1 in 6 runs with the cores busy, also after ``shutdown``; 0 in 8 with this. Skipping the
+    C++ static destructors avoids it. Single-process runs exit normally."""
     if world_size() <= 1:
         sys.exit(code)
     import atexit
@@ -183,17 +184,17 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
 # ------------------------------------------------------------------------------------------ launching
 
 
-def launch_command(script_args: list[str], nproc: int, zero: int | None, extra: list[str] | None = None) -> list[str]:
+def launch_command(script_args: list[str], nproc: int, zero: int | None) -> list[str]:
     """``accelerate launch`` command running ``run_pipeline.py script_args`` on ``nproc`` processes with our config
     for ZeRO ``zero`` (2 or 3; None or 0: plain DDP)."""
     name = {None: "ddp", 0: "ddp", 2: "zero2", 3: "zero3"}.get(zero)
     if name is None:
         raise DistributedError(f"distributed.zero {zero!r}: use 0 (plain DDP), 2 or 3")
-    cfg = REPO / "configs" / "accelerate" / ACCELERATE_CONFIGS[name]
+    cfg = REPO / "configs" / "accelerate" / f"{name}.yaml"
     # the accelerate YAMLs name their DeepSpeed JSON relative to the repository; absolute here, from any directory
     ds = ["--deepspeed_config_file", str(REPO / "configs" / "deepspeed" / f"{name}.json")] if name != "ddp" else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), *ds,
-            "--num_processes", str(nproc), *(extra or []), str(REPO / "run_pipeline.py"), *script_args]
+            "--num_processes", str(nproc), str(REPO / "run_pipeline.py"), *script_args]
 
 
 def run_launched(cmd: list[str]) -> int:

@@ -42,12 +42,12 @@ def _tensors(obj: Any, path: str, seen: set[int], out: list[tuple[str, torch.Ten
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             _tensors(v, f"{path}[{i}]", seen, out, depth + 1)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)) and "deepspeed" in type(obj).__module__ + "torch.optim":
-        for k, v in vars(obj).items():
-            _tensors(v, f"{path}.{k}", seen, out, depth + 1)
-    elif isinstance(obj, torch.optim.Optimizer):
+    elif isinstance(obj, torch.optim.Optimizer):  # the wrapped torch optimizer: Adam moments, fp32 master weights
         _tensors(obj.state, path + ".state", seen, out, depth + 1)
         _tensors(obj.param_groups, path + ".param_groups", seen, out, depth + 1)
+    elif type(obj).__module__.startswith("deepspeed") and not isinstance(obj, torch.nn.Module):
+        for k, v in vars(obj).items():  # DeepSpeed's optimizer wrappers: flat partitions, gradient buffers
+            _tensors(v, f"{path}.{k}", seen, out, depth + 1)
 
 
 def classify(path: str) -> str:

@@ -70,6 +70,15 @@ def test_overrides_address_stages_by_name(tmp_path):
         load_config(SMOKE, ["sed=1"])
 
 
+def test_distributed_block_is_validated(tmp_path):
+    cfg = load_config(SMOKE, ["distributed.nproc=2", "distributed.zero=2"])
+    assert (cfg.distributed.nproc, cfg.distributed.zero) == (2, 2)
+    with pytest.raises(ConfigError, match="zero.*not one of 0"):
+        load_config(SMOKE, ["distributed.zero=1"])
+    with pytest.raises(ConfigError, match="nproc"):
+        load_config(SMOKE, ["distributed.nproc=0"])
+
+
 def test_config_is_frozen():
     cfg = load_config(SMOKE)
     with pytest.raises(AttributeError):
