@@ -1,9 +1,16 @@
 """Stage results, manifests, complete-checkpoint detection and finalisation.
 
-HF Trainer writes ``checkpoint-N`` non-atomically, and on resume takes the highest-numbered one without checking it
-(STACK-NOTES). We mark a checkpoint complete *after* the Trainer has saved it (a marker listing every file and its
-size); on resume, a checkpoint without a valid marker is moved aside to ``incomplete-checkpoint-N`` (kept, not
-deleted) and the next one down is used.
+HF Trainer writes ``checkpoint-N`` non-atomically, and on resume takes the highest-numbered one without checking it.
+We mark a checkpoint complete *after* the Trainer has saved it: a marker listing every file with its size and SHA-256.
+On resume, a checkpoint whose marker is missing or whose files do not match it (size *or* content: a same-size
+corruption is caught too) is moved aside to ``incomplete-checkpoint-N`` (kept, not deleted), a log line says which
+file failed, and the next one down is used. Hashing reads every byte once per save and once per resume (SHA-256 runs
+at roughly 1-2 GB/s per core), the price of never resuming from damaged weights.
+
+Resuming weights: transformers 5 saves some architectures (DeepSeek-V4) under their *original* checkpoint key names,
+and HF Trainer's resume loads ``model.safetensors`` with ``strict=False`` and no key conversion, so it matched no key,
+logged a warning and trained on from the stage's input model. ``load_checkpoint_weights`` loads through
+``from_pretrained`` (which applies the model's key conversion) and refuses any missing, unexpected or mismatched key.
 """
 
 from __future__ import annotations
@@ -53,22 +60,52 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (its weights do not fit the model)."""
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def mark_complete(ckpt: Path) -> None:
-    """Record every file of a saved checkpoint with its size."""
-    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MARKER}
+    """Record every file of a saved checkpoint with its size and SHA-256 (the completion marker)."""
+    files = {
+        str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MARKER
+    }
     write_json_atomic(ckpt / MARKER, {"files": files, "time": time.time()})
 
 
-def is_complete(ckpt: Path) -> bool:
-    """A checkpoint is complete when its marker exists and every listed file has its recorded size."""
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` is not a complete checkpoint (no marker, a file missing, resized or changed), or None."""
     marker = read_json(ckpt / MARKER)
-    if not marker or "files" not in marker:
-        return False
-    for rel, size in marker["files"].items():
+    if not marker or not isinstance(marker.get("files"), dict):
+        return f"no completion marker ({MARKER}); killed mid-save?"
+    for rel, rec in marker["files"].items():
         p = ckpt / rel
-        if not p.is_file() or p.stat().st_size != size:
-            return False
-    return read_json(ckpt / "trainer_state.json") is not None
+        size, digest = (rec.get("size"), rec.get("sha256")) if isinstance(rec, dict) else (rec, None)
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size:
+            return f"{rel} has {p.stat().st_size} bytes, the marker recorded {size}"
+        if digest is None:
+            return f"{rel} has no content hash in the marker (written by an older align)"
+        if file_sha256(p) != digest:
+            return f"{rel} does not match its recorded SHA-256 (corrupted after it was saved)"
+    if read_json(ckpt / "trainer_state.json") is None:
+        return "trainer_state.json is missing or unreadable"
+    return None
+
+
+def is_complete(ckpt: Path) -> bool:
+    """A checkpoint is complete when its marker exists and every listed file has its recorded size and hash."""
+    return checkpoint_problem(ckpt) is None
 
 
 def last_complete_checkpoint(stage_dir: Path) -> Path | None:
@@ -79,17 +116,48 @@ def last_complete_checkpoint(stage_dir: Path) -> Path | None:
         reverse=True,
     )
     for ckpt in ckpts:
-        if is_complete(ckpt):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
             return ckpt
         aside = ckpt.with_name(f"incomplete-{ckpt.name}")
         n = 1
         while aside.exists():
             aside = ckpt.with_name(f"incomplete-{ckpt.name}.{n}")
             n += 1
-        logger.warning("%s is incomplete (killed mid-save?); moved aside to %s", ckpt, aside.name)
+        logger.warning("%s is not a complete checkpoint (%s); moved aside to %s, trying the one before", ckpt, problem,
+                       aside.name)
         if is_main_process():
             ckpt.rename(aside)
     return None
+
+
+def load_checkpoint_weights(model: Any, ckpt: Path) -> None:
+    """Load the weights of ``ckpt`` (a Trainer checkpoint or any HF model dir) into ``model``, strictly.
+
+    Through ``from_pretrained``, so the key conversion the model class declares is applied (see the module
+    docstring); every missing, unexpected or shape-mismatched key is a ``CheckpointError`` naming the checkpoint and
+    the model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from align.modeling import whole_model_load
+
+    dtype = next(model.parameters()).dtype
+    with whole_model_load():
+        loaded, info = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, output_loading_info=True)
+    what = f"{ckpt} does not fit the model being trained ({type(model).__name__} from {model.config._name_or_path})"
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        bad = sorted(str(k) for k in info.get(kind) or ())
+        if bad:
+            raise CheckpointError(f"{what}: {kind.replace('_', ' ')}: {', '.join(bad[:5])}"
+                                  + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+    try:
+        with torch.no_grad():
+            model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what}: {str(exc).splitlines()[0]}") from None
+    del loaded
 
 
 def dir_hash(path: Path, big: int = 256 << 20) -> str:

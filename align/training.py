@@ -128,6 +128,9 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
                                    monitor=monitor, telemetry=telemetry)
             trainer.add_callback(callback)
     try:
+        if resume is not None:
+            use_strict_checkpoint_loading(trainer)
+            stop_at_max_steps(trainer)
         with typed_checkpoint_configs():
             return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
@@ -136,6 +139,43 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
             callback.close()
         if monitor is not None:
             monitor.close()
+
+
+def use_strict_checkpoint_loading(trainer: Any) -> None:
+    """Make the trainer's resume load a single-process / DDP checkpoint's weights through
+    ``checkpoint.load_checkpoint_weights`` (key conversion, strict) instead of its own non-strict ``load_state_dict``.
+    DeepSpeed restores its own engine checkpoint and PEFT its adapter files; those paths stay TRL's."""
+    from peft import PeftModel
+
+    from align.checkpoint import load_checkpoint_weights
+
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint: str, model: Any = None) -> None:
+        model = trainer.model if model is None else model
+        if isinstance(model, PeftModel) or getattr(trainer, "is_deepspeed_enabled", False):
+            return original(resume_from_checkpoint, model)
+        load_checkpoint_weights(model, Path(resume_from_checkpoint))
+
+    trainer._load_from_checkpoint = load
+
+
+def stop_at_max_steps(trainer: Any) -> None:
+    """Run no epoch once ``max_steps`` is reached. HF Trainer resumed from a checkpoint that already holds the last
+    step (a stage killed while writing ``final/``) skips the trained batches and then runs one step more before it
+    checks the limit (7 of 6). Guarding the epoch keeps the checkpoint's weights exactly, on every backend (DeepSpeed
+    has restored its engine by then)."""
+    original = trainer._run_epoch
+
+    def run_epoch(*args: Any, **kwargs: Any) -> Any:
+        state = trainer.state
+        if state.max_steps and state.global_step >= state.max_steps:
+            logger.info("step %d of %d already trained: nothing left to run", state.global_step, state.max_steps)
+            trainer.control.should_training_stop = True
+            return None
+        return original(*args, **kwargs)
+
+    trainer._run_epoch = run_epoch
 
 
 def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:

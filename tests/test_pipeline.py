@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,13 +142,19 @@ def test_truncated_checkpoint_is_skipped_not_fatal(tmp_path):
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=8", "stages.sft.trainer.save_steps=4"])
     run_pipeline(cfg, only="sft")
     stage = tmp_path / "00_sft"
-    # simulate a kill mid-save of the newest checkpoint, and a dir without a marker
-    newest = stage / "checkpoint-8"
-    weights_file = newest / "model.safetensors"
-    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    # simulate a kill mid-save of the newest checkpoint, a dir without a marker, and a same-size corruption of the
+    # weights' header (sizes alone would call it complete; SafetensorError on load)
     (stage / "checkpoint-12").mkdir()
+    shutil.copytree(stage / "checkpoint-8", stage / "checkpoint-10")
+    weights_file = stage / "checkpoint-10" / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[10:20] = b"#" * 10
+    weights_file.write_bytes(bytes(data))
+    weights_file = stage / "checkpoint-8" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
     assert last_complete_checkpoint(stage) == stage / "checkpoint-4"
-    assert (stage / "incomplete-checkpoint-8").is_dir() and (stage / "incomplete-checkpoint-12").is_dir()
+    for n in (8, 10, 12):
+        assert (stage / f"incomplete-checkpoint-{n}").is_dir()
     # and a resumed stage uses the complete one: force a rerun by marking the manifest as interrupted
     m = json.loads((stage / "manifest.json").read_text())
     m["status"] = "running"
