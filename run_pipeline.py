@@ -111,6 +111,39 @@ def plan_main(argv: list[str]) -> int:
     return 0
 
 
+def is_expected_failure(exc: BaseException) -> bool:
+    """Failures a user causes or can fix (config, data, verifier files, a busy run folder, a full disk...): reported
+    in one line with exit status 2. Anything else is a bug and keeps its traceback."""
+    from align.checkpoint import CheckpointError
+    from align.config import ConfigError
+    from align.distributed import DistributedError
+    from align.monitor import MonitorError
+    from align.pipeline import PipelineError
+    from align.runlock import RunLockError
+    from data_recipes import DataError
+
+    expected = (ConfigError, PipelineError, DataError, MonitorError, DistributedError, RunLockError, CheckpointError,
+                OSError, UnicodeError, SyntaxError, KeyError)
+    return isinstance(exc, expected) or type(exc).__module__.startswith("pyarrow")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an expected failure: what and where (file, line), plus notes such as the stage manifest."""
+    if isinstance(exc, SyntaxError):
+        msg = f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}"
+    elif isinstance(exc, OSError) and exc.filename:
+        msg = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, KeyError):
+        msg = str(exc.args[0]) if exc.args else "KeyError"
+    else:
+        msg = str(exc) or type(exc).__name__
+    if not isinstance(exc, (OSError, SyntaxError)) and type(exc).__module__.startswith(("pyarrow", "builtins")) \
+            and not isinstance(exc, KeyError):
+        msg = f"{type(exc).__name__}: {msg}"
+    notes = [n for n in getattr(exc, "__notes__", []) if n]
+    return "; ".join([msg, *notes]) if notes else msg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "plan":
@@ -140,11 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<16} {origin}")
         return 0
 
-    from align.config import ConfigError, dump_yaml, load_config
-    from align.distributed import DistributedError, world_size
-    from align.monitor import MonitorError
-    from align.pipeline import PipelineError, format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name
-    from data_recipes import DataError
+    from align.config import dump_yaml, load_config
+    from align.distributed import world_size
+    from align.pipeline import format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name
 
     try:
         if args.nproc is not None:
@@ -160,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                     cfg.model.path or f"{cfg.run_dir}/base ({cfg.model.preset})" if index == 0
                     else f"{cfg.run_dir}/{stage_dir_name(index - 1, cfg.stages[index - 1])}/final")
                 print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src}")
+            from align.validate import validate_pipeline
+
+            for name, info in validate_pipeline(cfg, args.only, args.init_from).items():
+                print(f"#   {name}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+            print("# checks passed: configs, verifiers and data")
             return 0
         # a run already launched on several ranks (accelerate launch, or our own launch below) runs in-process
         if cfg.distributed.nproc > 1 and world_size() == 1 and not os.environ.get("ALIGN_LAUNCHED"):
@@ -167,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                                          only=args.only, init_from=args.init_from, overwrite=args.overwrite)
         else:
             rows = run_pipeline(cfg, only=args.only, init_from=args.init_from, overwrite=args.overwrite)
-    except (ConfigError, PipelineError, DataError, MonitorError, DistributedError, FileNotFoundError, KeyError) as exc:
-        logging.getLogger("align").error("%s", exc)
+    except BaseException as exc:  # noqa: BLE001 - sorted into expected (one line, exit 2) and unexpected below
+        if not is_expected_failure(exc):
+            raise  # a bug: Python prints the traceback (with the stage manifest's path as a note)
+        for line in one_line(exc).splitlines():
+            logging.getLogger("align").error("%s", line)
         return 2
     from align.checkpoint import is_main_process
     from align.distributed import shutdown

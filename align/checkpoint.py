@@ -52,6 +52,39 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+MANIFEST_RESERVE = 64 << 10
+"""Bytes a stage's ``running`` manifest occupies on disk (JSON padded with trailing spaces), so that its ``failed``
+manifest can overwrite it in place when the disk is full."""
+
+
+def write_manifest(path: Path, data: Any, reserve: bool = False) -> None:
+    """Write a stage manifest atomically; ``reserve`` pads it to ``MANIFEST_RESERVE`` bytes.
+
+    When the atomic write fails for lack of space (the usual way a stage fails on a full disk), the manifest is
+    overwritten in place in the bytes it already holds: no new blocks are needed on ordinary filesystems (ext4, xfs,
+    tmpfs; copy-on-write filesystems may still refuse). Trailing spaces keep it valid JSON.
+    """
+    text = json.dumps(data, indent=2, default=str)
+    if reserve:
+        text += " " * max(0, MANIFEST_RESERVE - len(text))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        size = path.stat().st_size if path.is_file() else 0
+        compact = json.dumps(data, default=str).encode()
+        if len(compact) > size:
+            raise
+    with path.open("r+b") as fh:
+        fh.write(compact + b" " * (size - len(compact)))
+        fh.flush()
+        os.fsync(fh.fileno())
+    logger.warning("%s: written in place (the atomic write failed; disk full?)", path)
+
+
 def read_json(path: Path) -> Any | None:
     """Parsed JSON, or None if missing or unreadable."""
     try:

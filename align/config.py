@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -165,10 +166,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("sources: at least one data source is required")
-        if self.n_train < 1:
-            raise ValueError("n_train: must be >= 1")
-        if self.n_heldout < 0:
-            raise ValueError("n_heldout: must be >= 0")
+        if not 1 <= self.n_train <= MAX_ROWS:
+            raise ValueError(f"n_train: must be in 1..{MAX_ROWS:,} (rows are built in memory), got {self.n_train}")
+        if not 0 <= self.n_heldout <= MAX_ROWS:
+            raise ValueError(f"n_heldout: must be in 0..{MAX_ROWS:,}, got {self.n_heldout}")
         if not 0.01 <= self.heldout_fraction < 1:
             raise ValueError("heldout_fraction: must be in [0.01, 1) (splits are drawn in 1 % buckets)")
 
@@ -383,6 +384,29 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.2 integers: PyYAML's YAML 1.1 resolver reads ``010`` as octal 8, ``0b11`` as 3 and ``1:30`` as 90. Here a run
+# of digits is decimal (``010`` is 10), hex is ``0x..``, octal must be written ``0o..``; anything else stays a string.
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for ch, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     """Parse YAML with our loader; syntax errors name the source and line."""
     try:
@@ -518,6 +542,8 @@ def _coerce(tp: Any, value: Any, where: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             hint = " (quoted numbers are strings; write it unquoted)" if _looks_numeric(value) else ""
             raise ConfigError(f"{source}: {where}: expected a number, got {type(value).__name__} {value!r}{hint}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -544,6 +570,10 @@ TRAINER_CONFIG_CLASS: dict[str, str] = {"sft": "trl:SFTConfig", "reasoning": "tr
 OWNED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir"}
 _POSITIVE = {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs"}
 _NON_ZERO = {"max_steps", "save_steps", "logging_steps"}
+MAX_STEPS = 100_000_000
+"""More optimizer steps than any post-training run takes: a larger ``max_steps`` is a typo (an extra digit or two)."""
+MAX_ROWS = 10_000_000
+"""Most rows a ``DataConfig`` may ask a split for (rows are built in memory before training)."""
 
 
 def trainer_fields(kind: str) -> dict[str, dataclasses.Field]:
@@ -576,6 +606,11 @@ def check_trainer_block(kind: str, block: dict[str, Any], where: str, source: st
             )
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{source}: {key_path}: expected true/false, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {key_path}: expected a finite number, got {value!r}")
+        if key == "max_steps" and isinstance(value, int) and not -1 <= value <= MAX_STEPS:
+            raise ConfigError(f"{source}: {key_path}: {value} is not a step count (1..{MAX_STEPS:,}, or -1 to train "
+                              "num_train_epochs)")
         if isinstance(value, int | float) and not isinstance(value, bool):
             if key in _POSITIVE and value <= 0:
                 raise ConfigError(f"{source}: {key_path}: must be > 0, got {value}")

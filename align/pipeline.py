@@ -90,9 +90,18 @@ def run_pipeline(
     cfg: PipelineConfig, only: str | None = None, init_from: str | Path | None = None, overwrite: bool = False
 ) -> list[dict[str, Any]]:
     """Run the planned stages in order; returns one summary row per stage (ran or skipped)."""
+    from align.runlock import hold_run_lock
+    from align.validate import validate_pipeline
+
     checkpoint.init_distributed()
+    validate_pipeline(cfg, only, init_from)  # every config, verifier and data problem, before any weights load
+    with hold_run_lock(cfg.run_dir):
+        return _run_planned(cfg, only, init_from, overwrite)
+
+
+def _run_planned(cfg: PipelineConfig, only: str | None, init_from: str | Path | None,
+                 overwrite: bool) -> list[dict[str, Any]]:
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint.is_main_process():
         (run_dir / "pipeline.resolved.yaml").write_text(dump_yaml(cfg))
     stages = plan(cfg, only)
@@ -115,12 +124,19 @@ def run_pipeline(
                 )
             # an eval stage passes its own input on (its final_dir); a training stage its final/
             init = Path(manifest["final_dir"]) if prev.kind == "eval" else prev_dir / "final"
-        rows.append(run_stage(cfg, index, stage, init, overwrite))
+        produced_here = not (pos == 0 and init_from is not None) and not (index == 0 and cfg.model.path)
+        rows.append(run_stage(cfg, index, stage, init, overwrite, produced_here))
     return rows
 
 
-def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, overwrite: bool) -> dict[str, Any]:
-    """Run (or skip, or resume) one stage and write its manifest."""
+def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, overwrite: bool,
+              input_from_run: bool = False) -> dict[str, Any]:
+    """Run (or skip, or resume) one stage and write its manifest.
+
+    ``input_from_run``: the input model is this run's own product (its base, or the previous stage's output). When
+    only that input changed (an upstream stage was rebuilt) the stage's outputs are stale, not a user's mix-up: they
+    are moved aside to ``NN_<stage>.stale`` and the stage reruns, and so on down the chain.
+    """
     from stages import STAGES
 
     stage_dir = cfg.run_dir / stage_dir_name(index, stage)
@@ -132,7 +148,17 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     if same and manifest.get("status") == "completed" and (final_dir / "config.json").is_file():
         logger.info("stage %s: finished with the same config and input; skipped", stage.name)
         return _summary(stage, manifest, skipped=True)
-    if stage_dir.exists() and any(stage_dir.iterdir()) and not same:
+    stale_input = bool(manifest) and manifest.get("config_hash") == chash and manifest.get("input_hash") != ihash
+    if stage_dir.exists() and any(stage_dir.iterdir()) and not same and stale_input and input_from_run:
+        aside = stage_dir.with_name(stage_dir.name + ".stale")
+        logger.warning("stage %s: its input %s changed since it ran (an upstream stage was rebuilt); moving its "
+                       "outputs aside to %s and running it again", stage.name, init, aside.name)
+        if checkpoint.is_main_process():
+            if aside.exists():
+                shutil.rmtree(aside)
+            stage_dir.rename(aside)
+        checkpoint.barrier()
+    elif stage_dir.exists() and any(stage_dir.iterdir()) and not same:
         if not overwrite:
             what = "config" if manifest and manifest.get("config_hash") != chash else "input model"
             raise PipelineError(
@@ -152,14 +178,17 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
         "packages": checkpoint.package_versions(), "git_commit": checkpoint.git_commit(),
     }
     if checkpoint.is_main_process():
-        checkpoint.write_json_atomic(manifest_path, {**base_manifest, "status": "running", "started": time.time()})
+        checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "running", "started": time.time()},
+                                  reserve=True)
     ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg)
     t0 = time.time()
     try:
         result = STAGES[stage.kind](stage, ctx)
-    except BaseException:
+    except BaseException as exc:
         if checkpoint.is_main_process():
-            checkpoint.write_json_atomic(manifest_path, {**base_manifest, "status": "failed"})
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "failed", "error": error})
+        exc.add_note(f"stage {stage.name!r} failed; its manifest: {manifest_path}")
         raise
     manifest = {
         **base_manifest, "status": "completed", "steps": result.steps, "wall_time_s": round(time.time() - t0, 2),
@@ -211,6 +240,16 @@ def run_pipeline_launched(cfg: PipelineConfig, config_path: str | None, override
     (``zero`` 0: plain DDP, 2 or 3: DeepSpeed ZeRO). Each job is ``run_pipeline.py CONFIG --only STAGE``, so it
     resumes, skips and writes manifests exactly as a single-process run does; a fresh process group per stage frees
     every rank's memory between stages. Returns the same summary rows as ``run_pipeline``."""
+    from align.runlock import hold_run_lock
+    from align.validate import validate_pipeline
+
+    validate_pipeline(cfg, only, init_from)
+    with hold_run_lock(cfg.run_dir):  # held for every stage job (they inherit it through the environment)
+        return _launch_planned(cfg, config_path, overrides, nproc, zero, only, init_from, overwrite)
+
+
+def _launch_planned(cfg: PipelineConfig, config_path: str | None, overrides: list[str], nproc: int, zero: int,
+                    only: str | None, init_from: str | Path | None, overwrite: bool) -> list[dict[str, Any]]:
     from align.distributed import launch_command, run_launched
 
     rows = []

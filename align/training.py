@@ -298,6 +298,9 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
             **cfg.trainer,
         }
     )
+    from align.validate import fit_rows
+
+    rows = fit_rows(rows, tok, "sft", args.max_length, f"stage {cfg.name!r}")  # TRL would truncate: drop instead
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          callbacks=[CompleteCheckpointCallback()])

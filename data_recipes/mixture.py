@@ -21,35 +21,80 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
-    """Rows of a JSONL / Parquet file or a saved ``datasets`` dir, with JSONL line numbers.
+    """Rows of a JSONL / JSON-array / Parquet file or a saved ``datasets`` dir, with JSONL line numbers.
 
     JSONL is parsed with ``json`` line by line rather than through ``datasets``, which silently converts a mixed
-    string/number column ("1e3" -> 1000.0, "007" -> 7; STACK-NOTES): answers must stay the strings they were.
+    string/number column ("1e3" -> 1000.0, "007" -> 7): answers must stay the strings they were. Text files are
+    UTF-8, with or without a byte-order mark; anything unreadable is a ``DataError`` naming the file (and line).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if path.is_dir():
-        from datasets import load_from_disk
-
-        return list(load_from_disk(str(path))), None
+        return _read_dataset_dir(path), None
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist(), None
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        if not rows:
+            raise DataError(f"{path}: the file has no rows")
+        return rows, None
     if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .parquet or a datasets dir)")
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet or a "
+                        "datasets dir)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the data
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{path}: line {line}, column {col} (byte {exc.start}): not UTF-8 text "
+                        f"(byte 0x{raw[exc.start]:02x})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one JSON array of rows
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+        if not rows:
+            raise DataError(f"{path}: the JSON array has no rows")
+        return rows, None
     rows, lines = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
-            lines.append(lineno)
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+        lines.append(lineno)
     return rows, lines
+
+
+def _read_dataset_dir(path: Path) -> list[Any]:
+    """A ``datasets.save_to_disk`` dir: a Dataset, or a DatasetDict's ``train`` split (other splits are named in
+    the error when there is no ``train``)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a saved datasets directory ({exc})") from None
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(ds)}); point path at "
+                            f"one split's folder, e.g. {path / next(iter(ds))}")
+        logger.info("%s: a DatasetDict; using its 'train' split (%d rows)", path, len(ds["train"]))
+        ds = ds["train"]
+    assert isinstance(ds, Dataset)
+    if len(ds) == 0:
+        raise DataError(f"{path}: the dataset has no rows")
+    return list(ds)
 
 
 def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fraction: float) -> list[dict]:

@@ -64,7 +64,9 @@ def needle(
     rng = random.Random(f"needle/{split}/{seed}")
     want_heldout = split == "heldout"
     rows, seen = [], set()
-    while len(rows) < n:
+    budget = 50 * n + 1000  # 26^3 x 10 code words in all: a larger n must end with an error, not loop forever
+    while len(rows) < n and budget > 0:
+        budget -= 1
         word = _code_word(rng)
         if word in seen or in_heldout(word) != want_heldout:
             continue
@@ -81,4 +83,6 @@ def needle(
             "verifier": "retrieval",
             "meta": {"depth": depth, "needle_char": offset},
         })
+    if len(rows) < n:
+        raise ValueError(f"needle: could not draw {n} distinct {split} code words (about 88,000 exist per split)")
     return rows

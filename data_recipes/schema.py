@@ -20,8 +20,25 @@ def _check_messages(msgs: Any, key: str) -> str | None:
             return f"{key}[{j}] must be a mapping with role and content"
         if m.get("role") not in ROLES:
             return f"{key}[{j}].role must be one of {sorted(ROLES)}, got {m.get('role')!r}"
-        if not isinstance(m.get("content"), str):
-            return f"{key}[{j}].content must be a string, got {type(m.get('content')).__name__}"
+        content = m.get("content")
+        if not isinstance(content, str):
+            return f"{key}[{j}].content must be a string, got {type(content).__name__}"
+        if m["role"] != "system" and not content.strip():
+            return f"{key}[{j}].content is empty"
+        problem = _text_problem(content)
+        if problem:
+            return f"{key}[{j}].content {problem}"
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    """Text a tokenizer cannot take: lone UTF-16 surrogates (JSON ``\ud800`` escapes), NUL characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate {text[exc.start]!r} at character {exc.start + 1} (not valid Unicode text)"
+    if "\x00" in text:
+        return f"holds a NUL character at character {text.index(chr(0)) + 1}"
     return None
 
 
@@ -43,8 +60,15 @@ def row_problem(row: Any, kind: str) -> str | None:
             if problem:
                 return problem
     if kind in ("grpo", "eval"):
+        if "answer" not in row:
+            return "column 'answer' is missing"
         if not isinstance(row.get("answer"), str):
             return f"'answer' must be a string, got {type(row.get('answer')).__name__}"
+        if not row["answer"].strip():
+            return "'answer' is empty"
+        problem = _text_problem(row["answer"])
+        if problem:
+            return f"'answer' {problem}"
         if not isinstance(row.get("verifier"), str) or not row["verifier"]:
             return "'verifier' must name a verifier"
     if "meta" in row and row["meta"] is not None and not isinstance(row["meta"], dict):

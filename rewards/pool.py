@@ -32,9 +32,41 @@ logger = logging.getLogger(__name__)
 IN_WORKER = False  # True inside a pool worker process: verifiers may then call slow code directly
 
 
-def _worker_main(conn: Connection) -> None:
+def _die_with_parent(parent_pid: int, kernel_signal: bool) -> None:
+    """End this worker when the process that started it dies, ``kill -9`` included.
+
+    Workers run in their own session (a signal to the trainer's process group must not reach them mid-call), so
+    nothing else would stop them. On Linux the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``),
+    which also stops a worker stuck in C code that holds the GIL. That signal fires when the parent *thread* that
+    started the worker exits, so it is only asked for when the pool was started from the parent's main thread
+    (``kernel_signal``). Everywhere, a daemon thread also checks once a second that the parent is still ours (it covers
+    the race where the parent died before the prctl call, and systems without prctl).
+    """
+    if kernel_signal:
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _worker_main(conn: Connection, parent_pid: int | None = None, kernel_signal: bool = False) -> None:
     global IN_WORKER
     IN_WORKER = True
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, kernel_signal)
     from rewards.registry import get_verifier
 
     cache: dict[str, Any] = {}
@@ -65,7 +97,9 @@ class _Worker:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards.pool", str(child.fileno())], pass_fds=(child.fileno(),), env=env,
+            [sys.executable, "-m", "rewards.pool", str(child.fileno()), str(os.getpid()),
+             "1" if threading.current_thread() is threading.main_thread() else "0"],
+            pass_fds=(child.fileno(),), env=env,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         child.close()
@@ -175,4 +209,5 @@ def shared_pool() -> VerifierPool:
 
 
 if __name__ == "__main__":
-    _worker_main(Connection(int(sys.argv[1])))
+    _worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else None,
+                 len(sys.argv) > 3 and sys.argv[3] == "1")

@@ -45,6 +45,7 @@ from trl.trainer.utils import RepeatSampler
 
 from align import training
 from align.checkpoint import StageResult
+from align.validate import fit_rows, token_limit
 from data_recipes import build_rows
 from rewards.think_format import template_prefills_think
 from rewards.trl_adapter import build_reward_functions
@@ -71,14 +72,17 @@ def run(cfg: Any, ctx: Any) -> StageResult:
     # data: prompt rows (prompt, answer, verifier, meta); meta travels as JSON text (Arrow needs one column type)
     rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
     heldout = training.heldout_rows(cfg, ctx)
+
+    # model: router policy, then router logits off for the rollout
+    model, tok, coef = training.prepare_model(ctx, cfg)
+    # TRL does not truncate GRPO prompts: a prompt longer than the model's positions would be generated from anyway
+    limit = token_limit(cfg.kind, cfg.trainer, getattr(model.config, "max_position_embeddings", None))
+    rows = fit_rows(rows, tok, cfg.kind, limit, f"stage {cfg.name!r}")
     dataset = Dataset.from_list([
         {"prompt": r["prompt"], "answer": r["answer"], "verifier": r["verifier"],
          "meta": json.dumps(r["meta"]) if r.get("meta") is not None else ""}
         for r in rows
     ])
-
-    # model: router policy, then router logits off for the rollout
-    model, tok, coef = training.prepare_model(ctx, cfg)
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "router_frozen": ctx.router.freeze}
     training.grade_before(model, tok, cfg, heldout, metrics)
     model.config.output_router_logits = False

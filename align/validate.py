@@ -1,0 +1,294 @@
+"""Check the whole pipeline before any stage runs or any weights load.
+
+``validate_pipeline`` reads only configs, tokenizers and data (never model weights) and collects every problem it
+finds, one line each, naming the stage and key (or file, row and column): TRL's own constraints on each stage's
+trainer block (the TRL config class is built from it, plus the GRPO batch rule for the planned world size), router
+``top_k`` against the model's expert count, every verifier named anywhere (stage verifiers, trace filters, eval
+suites, and each data row's ``verifier`` column) resolved, every data source opened and schema-checked, and every row
+measured in tokens against the stage's limit. Rows over the limit are not an error: ``fit_rows`` drops them in the
+stage (SFT would silently truncate them, GRPO has no prompt limit and would try to allocate for a 1 MB prompt), and
+validation logs how many will go. A stage whose rows would all be dropped is an error.
+
+Data rows are built exactly as the stage builds them (recipes are deterministic by seed), so a procedural recipe is
+checked in full. Token lengths are measured on every row up to ``LENGTH_SAMPLE`` rows per split and on an evenly
+spaced sample of that many beyond it (the count of over-long rows is then an estimate and says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from align.config import ConfigError, PipelineConfig, StageConfig
+
+logger = logging.getLogger(__name__)
+
+LENGTH_SAMPLE = 20_000
+"""Rows per split whose token length validation measures (every row up to this; an even sample beyond)."""
+
+
+class ValidationError(ConfigError):
+    """Every problem ``validate_pipeline`` found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -------------------------------------------------------------------------------------------- model facts
+
+
+def model_facts(path: Path | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Expert count, top-k, position limit and tokenizer of a model dir or preset, without loading weights."""
+    from align import modeling
+
+    if path is not None:
+        cfg_file = Path(path) / "config.json"
+        try:
+            config = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{cfg_file}: cannot read the model config ({exc})") from None
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - any tokenizer failure is the user's dir, named here
+            raise ConfigError(f"{path}: cannot load its tokenizer ({type(exc).__name__}: {exc})") from None
+    else:
+        sig = modeling.preset_signature(preset, overrides)
+        config, tok = sig["kwargs"], modeling.build_tokenizer()
+    text = config.get("text_config") or config
+    experts = next((text[k] for k in ("n_routed_experts", "num_experts", "num_local_experts") if text.get(k)), None)
+    return {"experts": experts, "top_k": text.get("num_experts_per_tok"),
+            "max_positions": text.get("max_position_embeddings"), "tokenizer": tok}
+
+
+# -------------------------------------------------------------------------------------------- rows and limits
+
+
+def row_tokens(tok: Any, row: dict[str, Any], kind: str) -> int:
+    """Tokens a stage feeds for ``row``: the whole chat for sft/reasoning, the prompt with the generation prompt for
+    grpo/eval."""
+    if kind in ("sft", "reasoning"):
+        ids = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+    else:
+        ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                      return_dict=True)["input_ids"]
+    return len(ids)
+
+
+def token_limit(kind: str, trainer: dict[str, Any], max_positions: int | None) -> int | None:
+    """The most tokens a row may take in a stage of ``kind``: SFT's ``max_length`` (TRL truncates beyond it, which
+    would cut the assistant's answer); GRPO: the model's positions minus ``max_completion_length``."""
+    if kind in ("sft", "reasoning"):
+        from trl import SFTConfig
+
+        default = {f.name: f.default for f in dataclasses.fields(SFTConfig)}["max_length"]
+        return trainer.get("max_length", default)
+    if kind == "grpo" and max_positions:
+        from stages.grpo import GRPO_DEFAULTS
+
+        return max_positions - trainer.get("max_completion_length", GRPO_DEFAULTS["max_completion_length"])
+    return None
+
+
+def fit_rows(rows: list[dict[str, Any]], tok: Any, kind: str, limit: int | None, where: str) -> list[dict[str, Any]]:
+    """``rows`` without those over ``limit`` tokens (count logged); an error when none is left."""
+    if limit is None:
+        return rows
+    kept = [r for r in rows if row_tokens(tok, r, kind) <= limit]
+    if len(kept) < len(rows):
+        logger.warning("%s: %d of %d rows are longer than %d tokens and were dropped", where, len(rows) - len(kept),
+                       len(rows), limit)
+    if not kept:
+        from data_recipes import DataError
+
+        raise DataError(f"{where}: every row is longer than the stage's limit of {limit} tokens")
+    return kept
+
+
+def _over_limit(rows: list[dict[str, Any]], tok: Any, kind: str, limit: int) -> tuple[int, int, bool]:
+    """(rows over ``limit``, rows measured, whether it is a sample)."""
+    if len(rows) <= LENGTH_SAMPLE:
+        sample = rows
+    else:
+        step = len(rows) / LENGTH_SAMPLE
+        sample = [rows[int(i * step)] for i in range(LENGTH_SAMPLE)]
+    over = sum(row_tokens(tok, r, kind) > limit for r in sample)
+    return over, len(sample), sample is not rows
+
+
+# -------------------------------------------------------------------------------------------- the check
+
+
+def validate_pipeline(cfg: PipelineConfig, only: str | None = None, init_from: str | Path | None = None) -> dict:
+    """Raise ``ValidationError`` listing every problem of the planned stages; returns a summary per stage (rows,
+    verifiers, dropped rows) for ``--dry-run``."""
+    from align.pipeline import plan
+
+    problems: list[str] = []
+    summary: dict[str, Any] = {}
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        problems.append(f"output_dir {run_dir}: exists and is not a directory")
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists():
+            if p.is_dir() and not _writable(p):
+                problems.append(f"output_dir {run_dir}: {p} is not writable")
+            break
+    facts_cache: dict[str, Any] = {}
+
+    def facts_for(path: Path | None) -> dict[str, Any] | None:
+        key = str(path)
+        if key not in facts_cache:
+            try:
+                facts_cache[key] = model_facts(path, cfg.model.preset, cfg.model.overrides)
+            except (ConfigError, KeyError, ValueError) as exc:
+                problems.append(str(exc).strip("'\""))
+                facts_cache[key] = None
+        return facts_cache[key]
+
+    base_path = Path(cfg.model.path) if cfg.model.path else None
+    if base_path is not None and not (base_path / "config.json").is_file():
+        problems.append(f"model.path {base_path}: not a Hugging Face model directory (no config.json)")
+        base_path = None
+    planned = plan(cfg, only)
+    for pos, (_, stage) in enumerate(planned):
+        where = f"stages.{stage.name}"
+        src = base_path
+        if pos == 0 and init_from is not None:
+            src = Path(init_from)
+            if not (src / "config.json").is_file():
+                problems.append(f"--init-from {src}: not a Hugging Face model directory (no config.json)")
+                src = None
+        bad_dir = src is None and (cfg.model.path or (pos == 0 and init_from is not None))
+        facts = None if bad_dir else facts_for(src)
+        summary[stage.name] = _check_stage(cfg, stage, where, facts, problems)
+    if problems:
+        raise ValidationError(problems)
+    return summary
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dict[str, Any] | None,
+                 problems: list[str]) -> dict[str, Any]:
+    from data_recipes import DataError, build_rows
+
+    info: dict[str, Any] = {"kind": stage.kind}
+    router = cfg.router_for(stage)
+    if facts and router.top_k is not None and facts["experts"] and router.top_k > facts["experts"]:
+        problems.append(f"{where}.router.top_k (or model.router.top_k): {router.top_k} experts per token, but the "
+                        f"model has {facts['experts']} routed experts")
+    _check_trainer(cfg, stage, where, problems)
+
+    names: dict[str, str] = {}  # verifier spec -> where it is named
+    for i, spec in enumerate(stage.verifiers):
+        names.setdefault(spec.name, f"{where}.verifiers[{i}].name")
+    if stage.traces is not None:
+        for i, name in enumerate(stage.traces.verifiers):
+            names.setdefault(name, f"{where}.traces.verifiers[{i}]")
+    for i, suite in enumerate(stage.suites):
+        if suite.verifier:
+            names.setdefault(suite.verifier, f"{where}.suites[{i}].verifier")
+
+    if stage.data is not None:
+        source = stage.traces.source if stage.traces else "recipe"
+        kind = "sft" if stage.kind == "reasoning" and source == "self" else stage.kind
+        limit = token_limit(stage.kind, stage.trainer, facts["max_positions"] if facts else None)
+        blocks = [("train", stage.data, kind), ("heldout", stage.data, "sft" if kind == "reasoning" else kind)]
+        if stage.eval.data is not None:
+            blocks[1] = ("heldout", stage.eval.data, "eval")
+        for split, data, row_kind in blocks:
+            try:
+                rows = build_rows(data, split, cfg.seed, row_kind)
+            except (DataError, KeyError, FileNotFoundError, OSError, ValueError) as exc:
+                problems.append(f"{where}.data ({split}): {str(exc).strip(chr(39) + chr(34))}")
+                continue
+            info[f"rows_{split}"] = len(rows)
+            for j, r in enumerate(rows):
+                if r.get("verifier"):
+                    names.setdefault(r["verifier"], f"{where}.data ({split} row {j + 1}, column 'verifier')")
+            if facts and limit is not None and split == "train":
+                over, measured, sampled = _over_limit(rows, facts["tokenizer"], row_kind, limit)
+                if over:
+                    est = " (estimated from an even sample)" if sampled else ""
+                    logger.warning("%s: %d of %d %s rows%s are longer than %d tokens; the stage drops them", where,
+                                   over, measured, split, est, limit)
+                    info["rows_over_limit"] = over
+                if over == measured:
+                    problems.append(f"{where}.data: every {split} row is longer than the stage's limit of {limit} "
+                                    "tokens (raise trainer.max_length, or shorten the rows)")
+    info["verifiers"] = _resolve_verifiers(names, problems)
+    return info
+
+
+def _resolve_verifiers(names: dict[str, str], problems: list[str]) -> dict[str, str]:
+    from rewards import get_verifier
+
+    resolved = {}
+    for name, where in names.items():
+        try:
+            resolved[name] = get_verifier(name).origin
+        except (KeyError, ValueError, TypeError, ImportError, AttributeError, OSError, SyntaxError, RuntimeError) as exc:
+            msg = str(exc).strip("'\"") if not isinstance(exc, SyntaxError) else (
+                f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}")
+            problems.append(f"{where}: verifier {name!r}: {msg}")
+    return resolved
+
+
+def _check_trainer(cfg: PipelineConfig, stage: StageConfig, where: str, problems: list[str]) -> None:
+    """TRL's own cross-field rules: build the TRL config class from our defaults + the trainer block (single
+    process only: under a launcher, building TrainingArguments would touch the live DeepSpeed state), and the GRPO
+    batch rule for the planned world size."""
+    if stage.kind not in ("sft", "reasoning", "grpo"):
+        return
+    from align.distributed import world_size, zero_stage
+
+    world = max(world_size(), cfg.distributed.nproc)
+    if stage.kind == "grpo":
+        from stages.grpo import GRPO_DEFAULTS
+
+        t = {**GRPO_DEFAULTS, **stage.trainer}
+        # TRL: generation_batch_size defaults to per-device batch x steps_per_generation (default: the accumulation
+        # steps) x processes, and must hold whole groups of num_generations
+        steps = t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1)
+        gen_batch = t.get("generation_batch_size") or t["per_device_train_batch_size"] * steps * world
+        if t["num_generations"] < 2:
+            problems.append(f"{where}.trainer.num_generations: {t['num_generations']}; GRPO needs at least 2 "
+                            "completions per prompt (the advantage is relative to the group)")
+        elif gen_batch % t["num_generations"]:
+            problems.append(
+                f"{where}.trainer.num_generations: {t['num_generations']} does not divide the generation batch "
+                f"{gen_batch} (per_device_train_batch_size {t['per_device_train_batch_size']} x steps per generation"
+                f" x {world} process(es)); TRL needs whole prompt groups in every batch")
+    if world > 1 or zero_stage() is not None:
+        return
+    import importlib
+
+    from align.config import TRAINER_CONFIG_CLASS
+    from align.training import trainer_defaults
+
+    mod, _, name = TRAINER_CONFIG_CLASS[stage.kind].partition(":")
+    config_cls = getattr(importlib.import_module(mod), name)
+    extra: dict[str, Any] = {}
+    if stage.kind == "grpo":
+        from stages.grpo import GRPO_DEFAULTS
+
+        extra = GRPO_DEFAULTS
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config_cls(**{**trainer_defaults(Path(tmp), cfg.seed), **extra, **stage.trainer})
+        except (ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problems.append(f"{where}.trainer: TRL {name} refuses it: {first}")
+
