@@ -185,9 +185,17 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     try:
         result = STAGES[stage.kind](stage, ctx)
     except BaseException as exc:
+        full = disk_full(stage_dir, exc)
         if checkpoint.is_main_process():
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "failed", "error": error})
+            checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "failed", "error": error,
+                                                      **({"disk_full": True} if full else {})})
+        if full:
+            raise PipelineError(
+                f"stage {stage.name!r}: the disk holding {stage_dir} is full ({shutil.disk_usage(stage_dir).free:,} "
+                f"bytes free; {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). Free "
+                f"space and rerun the same command: the stage resumes from its last complete checkpoint; manifest: "
+                f"{manifest_path}") from exc
         exc.add_note(f"stage {stage.name!r} failed; its manifest: {manifest_path}")
         raise
     manifest = {
@@ -199,6 +207,21 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
         checkpoint.write_json_atomic(manifest_path, manifest)
     checkpoint.barrier()  # the next stage (on every rank) reads this manifest
     return _summary(stage, manifest, skipped=False)
+
+
+def disk_full(path: Path, exc: BaseException) -> bool:
+    """Whether ``exc`` most likely came from a full disk under ``path``: ENOSPC / EDQUOT, or a writer's RuntimeError
+    (torch's checkpoint writer reports a full disk as ``iostream error`` / ``unexpected pos``) with under 64 MiB free."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, RuntimeError):
+        try:
+            return shutil.disk_usage(path).free < 64 << 20
+        except OSError:
+            return False
+    return False
 
 
 def _summary(stage: StageConfig, manifest: dict[str, Any], skipped: bool) -> dict[str, Any]:

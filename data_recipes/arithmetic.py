@@ -99,6 +99,9 @@ def arithmetic(
     rows, seen = [], set()
     low = 0 if mixed_lengths or digits == 1 else 10 ** (digits - 1)
     space = (10**digits - low) ** 2 * len(ops)
+    if n > space:  # refuse at once instead of drawing 50 n times
+        raise ValueError(f"arithmetic: asked for {n} {split} problems, the whole problem space (both splits) holds "
+                         f"{space} (digits={digits}, mixed_lengths={mixed_lengths})")
     budget = 50 * n + 1000
     while len(rows) < n and budget > 0:
         budget -= 1

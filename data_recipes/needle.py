@@ -63,8 +63,11 @@ def needle(
         raise ValueError("needle: context_chars must be >= 10")
     rng = random.Random(f"needle/{split}/{seed}")
     want_heldout = split == "heldout"
+    if n > 26**3 * 10 // 2:  # code words in all (both splits share them by a hash)
+        raise ValueError(f"needle: asked for {n} {split} rows; there are about {26**3 * 10 // 2:,} distinct code words "
+                         "per split")
     rows, seen = [], set()
-    budget = 50 * n + 1000  # 26^3 x 10 code words in all: a larger n must end with an error, not loop forever
+    budget = 50 * n + 1000  # a larger n than one split holds ends with an error, not a loop forever
     while len(rows) < n and budget > 0:
         budget -= 1
         word = _code_word(rng)
