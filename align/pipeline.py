@@ -201,12 +201,23 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     manifest = {
         **base_manifest, "status": "completed", "steps": result.steps, "wall_time_s": round(time.time() - t0, 2),
         "final_dir": str(result.final_dir), "output_hash": checkpoint.dir_hash(result.final_dir),
-        "metrics": result.metrics, **result.extra,
+        "metrics": result.metrics, **result.extra, **_sandbox_record(),
     }
     if checkpoint.is_main_process():
         checkpoint.write_json_atomic(manifest_path, manifest)
     checkpoint.barrier()  # the next stage (on every rank) reads this manifest
     return _summary(stage, manifest, skipped=False)
+
+
+def _sandbox_record() -> dict[str, Any]:
+    """``{"sandbox": ...}`` (backend, active and missing protections) when this process resolved a verifier that runs
+    generated code in the OS sandbox; else nothing."""
+    import sys
+
+    sandbox = sys.modules.get("rewards.sandbox")
+    if sandbox is None or not sandbox.backend.cache_info().currsize:
+        return {}
+    return {"sandbox": sandbox.protections()}
 
 
 def disk_full(path: Path, exc: BaseException) -> bool:

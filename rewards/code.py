@@ -8,7 +8,9 @@ Policy:
   values come out as a tagged encoding of *exact* types (bool is not int, tuple is not list, an object with an
   always-true ``==`` is not serialisable and fails) and are compared outside the sandbox, where the expected values
   stay: the program never sees them. Or ``{"tests": [{"stdin": "3 4\\n", "stdout": "7\\n"}, ...]}``: one run per test,
-  whole-output comparison of every line (trailing spaces and final newlines ignored).
+  whole-output comparison of every line (trailing spaces and final newlines ignored); the sandbox keeps twice the
+  expected output, and a program that writes more than it keeps scores ``output_limit`` (a cut stream is never
+  compared, so a right first line followed by padding cannot pass).
 - Exit status alone never means pass: ``os._exit(0)`` or ``sys.exit(0)`` before the results are written fails.
 - Score 1 only if every test passes (``partial=True`` gives the fraction); info has passed/total and the first failure.
 - Runs happen in :mod:`rewards.sandbox` (bubblewrap, unshare fallback). If no sandbox can start,
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 from rewards import sandbox
@@ -139,7 +142,7 @@ def _data_error(reason: str) -> Verdict:
     return Verdict(0.0, "error", {"reason": f"data error: {reason}"})
 
 
-def _function_tests(program: str, meta: dict[str, Any], limits: sandbox.Limits) -> tuple[int, int, str | None, bool]:
+def _function_tests(program: str, meta: dict[str, Any], limits: sandbox.Limits) -> tuple[int, int, str | None, str | None]:
     tests = meta["tests"]
     calls = [{"args": t.get("args", []), "kwargs": t.get("kwargs", {})} for t in tests]
     keep = {"results.json": ""}
@@ -148,33 +151,41 @@ def _function_tests(program: str, meta: dict[str, Any], limits: sandbox.Limits) 
         limits=limits, keep=keep,
     )
     if res.timed_out:
-        return 0, len(tests), "time limit", True
+        return 0, len(tests), "time limit", "timeout"
     try:
         results = json.loads(keep["results.json"]) if keep["results.json"] else None
     except ValueError:
         results = None
     if not isinstance(results, list) or len(results) != len(tests):
-        return 0, len(tests), f"no results (exit {res.returncode}): {res.stderr[-200:]}", False
+        return 0, len(tests), f"no results (exit {res.returncode}): {res.stderr[-200:]}", None
     passed, first = 0, None
     for i, (test, r) in enumerate(zip(tests, results)):
         if isinstance(r, dict) and "value" in r and same(encode(test["expected"]), r["value"]):
             passed += 1
         elif first is None:
             first = f"test {i}: " + (r.get("error") if isinstance(r, dict) and "error" in r else "wrong value")
-    return passed, len(tests), first, False
+    return passed, len(tests), first, None
 
 
-def _stdio_tests(program: str, meta: dict[str, Any], limits: sandbox.Limits) -> tuple[int, int, str | None, bool]:
-    passed, first, timed_out = 0, None, False
+def _stdio_tests(program: str, meta: dict[str, Any], limits: sandbox.Limits) -> tuple[int, int, str | None, str | None]:
+    """(passed, total, first failure, status override: ``timeout`` / ``output_limit`` when nothing passed for that
+    reason). The whole stdout is compared: the sandbox keeps room for twice the expected output, and a program that
+    writes more than it keeps cannot pass (``output_limit``): a cut-off stream is never compared."""
+    passed, first, timed_out, over = 0, None, False, False
     for i, test in enumerate(meta["tests"]):
-        res = sandbox.run_python(program, stdin=test.get("stdin", ""), limits=limits, entry="solution.py")
-        if res.timed_out:
-            timed_out = True
-        if not res.timed_out and res.returncode == 0 and _normalize_output(res.stdout) == _normalize_output(test["stdout"]):
+        want = test["stdout"]
+        lim = replace(limits, output_chars=max(limits.output_chars, 2 * len(want) + 1024))
+        res = sandbox.run_python(program, stdin=test.get("stdin", ""), limits=lim, entry="solution.py")
+        timed_out |= res.timed_out
+        over |= res.output_truncated
+        if (not res.timed_out and not res.output_truncated and res.returncode == 0
+                and _normalize_output(res.stdout) == _normalize_output(want)):
             passed += 1
         elif first is None:
-            first = f"test {i}: " + ("time limit" if res.timed_out else f"exit {res.returncode}, output differs")
-    return passed, len(meta["tests"]), first, timed_out and passed == 0
+            first = f"test {i}: " + ("time limit" if res.timed_out else "output over the sandbox's cap" if
+                                     res.output_truncated else f"exit {res.returncode}, output differs")
+    status = ("timeout" if timed_out else "output_limit" if over else None) if passed == 0 else None
+    return passed, len(meta["tests"]), first, status
 
 
 def _check_meta(meta: Any) -> str | None:
@@ -211,10 +222,10 @@ def verify(completion: str, answer: str = "", meta: dict[str, Any] | None = None
         return wrong({"reason": "program too long", "chars": len(program)})
     limits = sandbox.Limits(wall_s=wall_s, cpu_s=max(1, math.ceil(wall_s)))
     run = _function_tests if "fn_name" in meta else _stdio_tests
-    passed, total, first_failure, timed_out = run(program, meta, limits)
+    passed, total, first_failure, status = run(program, meta, limits)
     info = {"passed": passed, "total": total, "first_failure": first_failure}
-    if timed_out:
-        return Verdict(0.0, "timeout", info)
+    if status is not None:  # timeout / output_limit: nothing passed, for that reason
+        return Verdict(0.0, status, info)
     if passed == total:
         return ok(info)
     return wrong(info, score=passed / total if partial else 0.0)

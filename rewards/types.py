@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Status = Literal["ok", "wrong", "unparseable", "timeout", "error"]
-STATUSES: tuple[str, ...] = ("ok", "wrong", "unparseable", "timeout", "error")
+Status = Literal["ok", "wrong", "unparseable", "timeout", "output_limit", "error"]
+STATUSES: tuple[str, ...] = ("ok", "wrong", "unparseable", "timeout", "output_limit", "error")
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,8 @@ class Verdict:
 
     ``score`` is the reward (1.0 / 0.0 for correctness verifiers, anything for shaping rewards); ``status`` says
     why: ``ok`` (accepted), ``wrong`` (parsed, not accepted), ``unparseable`` (no answer could be extracted),
-    ``timeout`` (the time budget ran out) or ``error`` (the verifier or the row is broken). ``info`` carries
+    ``timeout`` (the time budget ran out), ``output_limit`` (a program wrote more than the sandbox keeps, so its
+    output cannot be judged: never a pass) or ``error`` (the verifier or the row is broken). ``info`` carries
     small, JSON-able details (the parsed answer, the failing test...).
     """
 

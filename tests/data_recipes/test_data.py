@@ -49,7 +49,7 @@ def test_malformed_jsonl_row_is_refused_with_its_number(tmp_path):
         build_rows(data, "train", 0, "sft")
     assert str(p) in str(exc.value) and "row 3 (line 4)" in str(exc.value) and "robot" in str(exc.value)
     p.write_text(json.dumps(good) + "\n{not json\n")
-    with pytest.raises(DataError, match="line 2: invalid JSON"):
+    with pytest.raises(DataError, match="line 2, column 2: invalid JSON"):
         build_rows(data, "train", 0, "sft")
 
 
