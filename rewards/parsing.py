@@ -102,5 +102,5 @@ def extract_final(completion: str, max_chars: int = MAX_ANSWER_CHARS) -> str | V
     if not parsed:
         return unparseable("empty answer")
     if is_candidate_listing(candidates):
-        return wrong({"reason": "candidate listing", "candidates": candidates[:5]})
+        return wrong({"reason": "candidate listing", "candidates": candidates[:5], "candidates_all": candidates})
     return parsed

@@ -121,9 +121,10 @@ class VerifierPool:
     """``map(spec, calls, timeout)`` runs ``get_verifier(spec)(completion, answer, **row)`` per call in workers."""
 
     def __init__(self, workers: int | None = None) -> None:
-        from rewards.sandbox import sweep_stale_scratch
+        from rewards.sandbox import sweep_orphans, sweep_stale_scratch
 
         sweep_stale_scratch()  # what workers of a killed earlier run left behind
+        sweep_orphans()
         self.size = workers or max(1, min(4, os.cpu_count() or 1))
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()

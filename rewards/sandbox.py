@@ -335,6 +335,46 @@ def protections() -> dict[str, Any]:
     return {"backend": name, "active": [k for k, v in flags.items() if v], "missing": missing}
 
 
+def sweep_orphans() -> int:
+    """Kill sandboxes whose caller died: ``bwrap`` processes re-parented to init. bwrap's ``--die-with-parent`` has a
+    start-up window (the caller killed before bwrap's inner process set its parent-death signal) in which a sandbox
+    can outlive its caller; this sweep, run when a verifier pool starts, ends such leftovers. Returns how many."""
+    killed = 0
+    me = os.getuid()
+    parent: dict[int, int] = {}
+    roots = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        ours = (200_000 <= uid < 260_000) if me == 0 else uid == me
+        if argv0.endswith(b"bwrap") and fields[1] == "1" and ours and fields[0] != "Z":
+            roots.append(int(entry))
+    doomed = set(roots)
+    grew = True
+    while grew:  # every descendant too: bwrap's inner process (the sandbox's pid 1) would be re-parented, not killed
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in doomed and pid not in doomed:
+                doomed.add(pid)
+                grew = True
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    if killed:
+        logger.warning("killed %d sandbox processes left by a killed caller", killed)
+    return killed
+
+
 def sweep_stale_scratch() -> int:
     """Remove scratch dirs that a killed process left in the temp dir (``align-sbx-<pid>-*`` of a dead pid, and
     unnamed ones of older versions after an hour); returns how many. bwrap runs leave none: their files are unlinked."""
