@@ -23,6 +23,29 @@ _ANSWER_LINE = re.compile(r"(?im)^[ \t*_#]*(?:final\s+)?answer\s*[:：]\s*(.*)$"
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
 
+def reasoning_split(completion: str) -> tuple[int, int, str | None, str | None]:
+    """``(opens, closes, reasoning, answer)`` of a completion: the one definition of a reasoning block that every
+    verifier uses. Tags are the exact ASCII ``<think>`` / ``</think>`` of the raw text: look-alikes (full-width
+    ``＜think＞``, tags split by invisible characters) are ordinary text for every verifier alike, never folded into a tag
+    by one verifier and not another. ``reasoning`` is the text between the first ``<think>`` and the last
+    ``</think>`` (None without both), ``answer`` what follows the last ``</think>`` (None while a ``<think>`` is open).
+
+    >>> reasoning_split("<think>carry</think>42")
+    (1, 1, 'carry', '42')
+    >>> reasoning_split("\uff1cthink\uff1ex\uff1c/think\uff1e42")[:2]
+    (0, 0)
+    """
+    opens, closes = completion.count(THINK_OPEN), completion.count(THINK_CLOSE)
+    close = completion.rfind(THINK_CLOSE)
+    start = completion.find(THINK_OPEN)
+    reasoning = completion[start + len(THINK_OPEN) : close] if 0 <= start < close else None
+    if close >= 0:
+        answer: str | None = completion[close + len(THINK_CLOSE) :]
+    else:
+        answer = None if opens else completion
+    return opens, closes, reasoning, answer
+
+
 def answer_section(completion: str) -> str | None:
     """The part of ``completion`` after the reasoning, or None if the reasoning never ended.
 
@@ -31,12 +54,7 @@ def answer_section(completion: str) -> str | None:
     >>> answer_section("<think>still thinking") is None
     True
     """
-    close = completion.rfind(THINK_CLOSE)
-    if close >= 0:
-        return completion[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in completion:
-        return None
-    return completion
+    return reasoning_split(completion)[3]
 
 
 def boxed_contents(text: str, limit: int = 64) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.parsing import THINK_CLOSE, THINK_OPEN, clean_text
+from rewards.parsing import THINK_CLOSE, THINK_OPEN, clean_text, reasoning_split
 from rewards.registry import register_verifier
 from rewards.types import Verdict, ok, wrong
 
@@ -31,19 +31,18 @@ def template_prefills_think(chat_template_output: str) -> bool:
 @register_verifier("think_format")
 def verify(completion: str, answer: str = "", prefilled: bool = False, **row: Any) -> Verdict:
     """Score 1 for one non-empty reasoning block followed by a non-empty answer."""
-    text = clean_text(completion)
-    if prefilled:
-        text = THINK_OPEN + text
-    opens, closes = text.count(THINK_OPEN), text.count(THINK_CLOSE)
+    # Tags are found on the raw text by the parser every verifier shares (rewards.parsing.reasoning_split), so a
+    # look-alike tag the answer extraction would not treat as a reasoning block is not one here either.
+    text = THINK_OPEN + completion if prefilled else completion
+    opens, closes, reasoning, answer = reasoning_split(text)
     if opens != 1 or closes != 1:
         return wrong({"reason": f"{opens} <think> and {closes} </think> tags; exactly one each required"})
-    start, end = text.index(THINK_OPEN), text.index(THINK_CLOSE)
-    if end < start:
+    if reasoning is None:
         return wrong({"reason": "</think> before <think>"})
-    if text[:start].strip():
+    if clean_text(text[: text.index(THINK_OPEN)]).strip():
         return wrong({"reason": "text before <think>"})
-    if not text[start + len(THINK_OPEN) : end].strip():
+    if not clean_text(reasoning).strip():
         return wrong({"reason": "empty reasoning"})
-    if not text[end + len(THINK_CLOSE) :].strip():
+    if not clean_text(answer or "").strip():
         return wrong({"reason": "empty answer after </think>"})
     return ok()

@@ -35,3 +35,28 @@ def test_template_prefill_detection():
     assert template_prefills_think("<|assistant|><think>\n")
     assert not template_prefills_think("<|assistant|>")
     assert not template_prefills_think("<think>a</think><|assistant|>")
+
+
+LOOKALIKES = [
+    "\uff1cthink\uff1ecarry\uff1c/think\uff1e42",  # full-width brackets
+    "<th\u200bink>carry</think>42",  # tag split by a zero-width space
+    "<think>carry</th\u200cink>42",
+    "<THINK>carry</THINK>42",
+    "<think >carry</think >42",
+    "\u003cthink\u003ecarry</think>\u200b",  # real tags, invisible answer
+    "<think>\u00ad\u200b</think>42",  # invisible reasoning
+    "<think>a</think><think>b</think>42",
+    "</think>42<think>a",
+]
+
+
+@pytest.mark.parametrize("completion", LOOKALIKES)
+def test_format_and_answer_extraction_agree_on_lookalikes(completion):
+    """think_format accepts exactly when the shared parser sees one reasoning block and an answer after it."""
+    from rewards.parsing import clean_text, reasoning_split
+
+    opens, closes, reasoning, answer = reasoning_split(completion)
+    shared_ok = (opens, closes) == (1, 1) and reasoning is not None and bool(clean_text(reasoning).strip()) \
+        and bool(clean_text(answer or "").strip())
+    assert fmt(completion, "").accepted == shared_ok
+    assert not fmt(completion, "").accepted  # none of these is a well-formed block
