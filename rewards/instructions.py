@@ -9,6 +9,11 @@ Row: ``meta={"instructions": [{"id": "punctuation:no_comma", "kwargs": {}}, ...]
   comma-like character (``，、‚﹐،``) counts as a comma — Unicode tricks do not evade a check.
 - Missing or mistyped kwargs are a data error (``status="error"``), never a random threshold as in IFEval's code.
 - Relations: ``at least``, ``at most``, ``less than``, ``more than``, ``exactly``.
+- Each check follows IFEval's reference check (google-research ``instruction_following_eval/instructions.py``) and
+  its unit-test expectations (``tests/rewards/test_instructions_ifeval.py`` replays them). Deliberate differences,
+  each documented beside its check and pinned by a test: keywords match whole words (IFEval: any substring, so
+  ``art`` is "included" in ``start``); a placeholder must hold text (``[]`` is not one); ``•`` also starts a bullet;
+  sentences are split by a regex, not nltk's punkt model (no download).
 
 >>> from rewards import get_verifier
 >>> meta = {"instructions": [{"id": "punctuation:no_comma", "kwargs": {}},
@@ -76,12 +81,12 @@ def _sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if re.search(r"\w", s)]
 
 
-def _paragraphs(text: str) -> list[str]:
-    return [p for p in re.split(r"\n\s*\n|\n?\*\*\*\n?", text.strip()) if p.strip()]
-
-
 def _contains_word(text: str, word: str) -> int:
-    return len(re.findall(r"(?<![A-Za-z0-9])" + re.escape(normalize(word).lower()) + r"(?![A-Za-z0-9])", text.lower()))
+    # Whole words, case-insensitive; the keyword is stripped (IFEval strips it too: "  keyword " is "keyword").
+    # Deliberate difference for keywords:existence: IFEval searches any substring ("art" in "start"); a whole word
+    # is what the instruction asks for, and a substring match is a free reward for the policy.
+    key = re.escape(normalize(word).strip().lower())
+    return len(re.findall(r"(?<![A-Za-z0-9])" + key + r"(?![A-Za-z0-9])", text.lower()))
 
 
 def number_words(t: str, kw: dict[str, Any]) -> bool:
@@ -93,7 +98,17 @@ def number_sentences(t: str, kw: dict[str, Any]) -> bool:
 
 
 def number_paragraphs(t: str, kw: dict[str, Any]) -> bool:
-    return len(_paragraphs(t)) == _arg(kw, "num_paragraphs", int)
+    # IFEval: paragraphs are separated by the markdown divider ``***`` only; an empty paragraph before the first or
+    # after the last divider is not counted, an empty one between two dividers fails the instruction.
+    parts = re.split(r"\s?\*\*\*\s?", t)
+    count = len(parts)
+    for i, part in enumerate(parts):
+        if not part.strip():
+            if i in (0, len(parts) - 1):
+                count -= 1
+            else:
+                return False
+    return count == _arg(kw, "num_paragraphs", int)
 
 
 def keyword_existence(t: str, kw: dict[str, Any]) -> bool:
@@ -129,7 +144,9 @@ def json_format(t: str, kw: dict[str, Any]) -> bool:
 
 
 def number_bullet_lists(t: str, kw: dict[str, Any]) -> bool:
-    bullets = re.findall(r"^\s*[*\-•]\s+\S", t, flags=re.M)
+    # IFEval: a line starting with ``*`` not followed by another ``*`` (so ``***`` dividers are not bullets), or with
+    # ``-``; no space is required after the marker (``*item``, ``-item``). Deliberate addition: ``•`` bullets.
+    bullets = re.findall(r"^\s*(?:\*[^*]|-|•)", t, flags=re.M)
     return len(bullets) == _arg(kw, "num_bullets", int)
 
 
@@ -144,7 +161,8 @@ def multiple_sections(t: str, kw: dict[str, Any]) -> bool:
 
 
 def end_checker(t: str, kw: dict[str, Any]) -> bool:
-    return t.strip().lower().endswith(normalize(_arg(kw, "end_phrase", str)).strip().lower())
+    # IFEval also drops quotation marks around the whole answer before checking the end.
+    return t.strip().strip('"').lower().endswith(normalize(_arg(kw, "end_phrase", str)).strip().lower())
 
 
 def start_checker(t: str, kw: dict[str, Any]) -> bool:
@@ -170,17 +188,28 @@ def capital_word_frequency(t: str, kw: dict[str, Any]) -> bool:
 
 
 def number_placeholders(t: str, kw: dict[str, Any]) -> bool:
-    return len(re.findall(r"\[[^\[\]\n]+\]", t)) >= _arg(kw, "num_placeholders", int)
+    # Deliberate difference: IFEval counts any ``[...]`` including ``[]``; an empty bracket holds no placeholder.
+    return len(re.findall(r"\[[^\[\]\n]*[^\[\]\s][^\[\]\n]*\]", t)) >= _arg(kw, "num_placeholders", int)
 
 
 def postscript(t: str, kw: dict[str, Any]) -> bool:
-    marker = _arg(kw, "postscript_marker", str).strip()
-    return re.search(r"^\s*" + re.escape(marker).replace(r"\.", r"\.?") + r"\s*\S", t, flags=re.M | re.I) is not None
+    # IFEval: anywhere in the text (not only at a line start), case-insensitive; for the markers P.S. and P.P.S a
+    # space may follow each dot (``P. S.``); any other marker is matched literally.
+    marker = _arg(kw, "postscript_marker", str).strip().lower()
+    if marker == "p.p.s":
+        pattern = r"\s*p\.\s?p\.\s?s"
+    elif marker == "p.s.":
+        pattern = r"\s*p\.\s?s\."
+    else:
+        pattern = r"\s*" + re.escape(marker)
+    return re.search(pattern, t.lower(), flags=re.M) is not None
 
 
 def number_highlighted_sections(t: str, kw: dict[str, Any]) -> bool:
-    spans = [s for s in re.findall(r"(?<!\*)\*([^\n*]+)\*(?!\*)", t) if s.strip()]
-    spans += [s for s in re.findall(r"\*\*([^\n*]+)\*\*", t) if s.strip()]
+    # IFEval: every ``*text*`` and every ``**text**`` on one line with non-blank text counts (a bold span counts as
+    # both forms, as in IFEval).
+    spans = [s for s in re.findall(r"\*[^\n*]*\*", t) if s.strip("*").strip()]
+    spans += [s for s in re.findall(r"\*\*[^\n*]*\*\*", t) if s.strip("*").strip()]
     return len(spans) >= _arg(kw, "num_highlights", int)
 
 

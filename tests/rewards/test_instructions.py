@@ -18,7 +18,7 @@ CASES = [
     ("length_constraints:number_words", {"relation": "at most", "num_words": 3}, "one two three", "one two three four"),
     ("length_constraints:number_words", {"relation": "at least", "num_words": 3}, "a b c d", "a b"),
     ("length_constraints:number_sentences", {"relation": "exactly", "num_sentences": 2}, "Hi there. Bye now!", "Hi."),
-    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "para one\n\npara two", "just one"),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "para one\n***\npara two", "para one\n\npara two"),
     ("keywords:existence", {"keywords": ["ruby", "gold"]}, "Ruby and gold.", "Only ruby."),
     ("keywords:forbidden_words", {"forbidden_words": ["apple"]}, "I like pineapple", "An apple a day"),
     ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "at least"}, "cat cat", "cat dog"),
