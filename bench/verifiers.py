@@ -5,7 +5,8 @@
 1. math checks/s: our ``math`` verifier through the TRL adapter's worker pool vs calling Math-Verify directly
    (``verify(parse(gold), parse(pred))`` in this process's main thread). Target: >= 1,000 checks/s on 2 cores.
 2. worst case: seconds for adversarial math answers through our verifier (target <= 2 s each).
-3. sandboxed programs/s (bubblewrap + rlimits + fresh scratch dir per run) vs a plain unsandboxed subprocess runner.
+3. sandboxed programs/s (bubblewrap + seccomp + rlimits + sized tmpfs scratch per run) vs a plain unsandboxed
+   subprocess runner.
    Target: >= 15 programs/s.
 """
 
