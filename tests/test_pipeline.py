@@ -49,6 +49,10 @@ def test_smoke_pipeline_manifest_and_final_dir(smoke_run):
     assert type(model).__name__ == "DeepseekV4ForCausalLM"
     assert (out / "pipeline.resolved.yaml").is_file()
     assert not rows[0]["skipped"]
+    # the eval stage grades generated code: its manifest says which sandbox ran it with which protections
+    sandbox = json.loads((out / "03_eval" / "manifest.json").read_text())["sandbox"]
+    assert sandbox["backend"] in ("bwrap", "unshare") and sandbox["active"]
+    assert "missing" in sandbox
 
 
 def test_chain_sft_reasoning_grpo(smoke_run):
