@@ -2,7 +2,7 @@
 
 The same code runs on CPUs (gloo; DeepSpeed's CPU accelerator) and GPUs (nccl). What differs on CPU is decided here:
 the backend, and ``use_cpu=True`` in the trainer arguments (without it HF takes the world size as 1 on a CPU-only
-machine and DeepSpeed's batch-size assertion fails; STACK-NOTES). The process group is started before any model is
+machine and DeepSpeed's batch-size assertion fails). The process group is started before any model is
 loaded: under ZeRO-3, ``from_pretrained`` (ours and TRL's reference model) needs it.
 """
 

@@ -22,7 +22,7 @@ from align import moe
 logger = logging.getLogger(__name__)
 
 # Role markers are special tokens; <think>/</think> are *ordinary* added tokens, because TRL decodes completions
-# with skip_special_tokens=True and reward functions must still see the think tags (STACK-NOTES).
+# with skip_special_tokens=True and reward functions must still see the think tags.
 PAD, UNK, EOS = "<pad>", "<unk>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 THINK_TOKENS = ("<think>", "</think>")

@@ -27,7 +27,7 @@ def mark_zero3_leaves(model: nn.Module) -> list[str]:
 
     ZeRO-3 gathers a module's partitioned parameters in hooks that fire when the module runs. Inside an MoE block
     only the experts a rank's tokens chose run, so the ranks gather different experts and wait on collectives the
-    others never join (a hang, or a "tracing error" when LoRA wraps DeepSeek-V4's experts; STACK-NOTES). A leaf
+    others never join (a hang, or a "tracing error" when LoRA wraps DeepSeek-V4's experts). A leaf
     module is gathered whole when the block starts. The flag (``_z3_leaf``, what DeepSpeed's ``set_z3_leaf_modules``
     sets on instances) is set on the *class*, so models built later from the same classes (TRL's reference model,
     a reload) are leaves too; it changes nothing outside ZeRO-3.
@@ -95,7 +95,7 @@ def init_hash_routing(model: nn.Module, seed: int) -> int:
     """Fill DeepSeek-V4 hash routers' ``tid2eid`` with distinct random experts per token.
 
     transformers zero-initialises the table ("real values come from the checkpoint"), so a model built from a config
-    sends every token of a hash layer to expert 0 twice (STACK-NOTES). Returns how many tables were filled.
+    sends every token of a hash layer to expert 0 twice. Returns how many tables were filled.
     """
     gen = torch.Generator().manual_seed(seed + 7919)
     filled = 0
@@ -115,7 +115,7 @@ def init_hash_routing(model: nn.Module, seed: int) -> int:
 
 def fix_config(model: nn.Module) -> None:
     """Config aliases TRL needs: its MoE aux loss reads ``config.num_experts``, which DeepSeek-V3/V4 name
-    ``n_routed_experts`` (STACK-NOTES: "'DeepseekV4Config' object has no attribute 'num_experts'")."""
+    ``n_routed_experts`` (without it: "'DeepseekV4Config' object has no attribute 'num_experts'")."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if not hasattr(config, "num_experts"):
         for alias in ("n_routed_experts", "num_local_experts"):
@@ -159,7 +159,7 @@ def freeze_routers(model: nn.Module) -> int:
 @contextlib.contextmanager
 def generation_mode(model: nn.Module) -> Iterator[None]:
     """Turn router-logit output off while generating: on a padded batch it crashes inside the load-balancing loss
-    (SFTTrainer saves ``output_router_logits=True`` into checkpoints; STACK-NOTES)."""
+    (SFTTrainer saves ``output_router_logits=True`` into checkpoints)."""
     configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "output_router_logits")]
     saved = [c.output_router_logits for c in configs]
     for c in configs:

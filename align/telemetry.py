@@ -10,7 +10,7 @@ DeepSeek-V3/V4, Qwen3-MoE, Mixtral — through forward hooks; nothing in the mod
   ``hash`` and kept apart from the learned (``topk``) ones.
 - :func:`update_correction_bias`: aux-loss-free balancing as in DeepSeek-V3 — after an optimizer step, each learned
   top-k router's ``e_score_correction_bias`` moves by ``gamma`` toward balanced load (up for under-loaded experts,
-  down for over-loaded ones). transformers never updates that buffer itself (STACK-NOTES).
+  down for over-loaded ones). transformers never updates that buffer itself.
 - :class:`LayerSnapshot`: per module group (``emb``, ``layer{i}_attn``, ``layer{i}_ffn``, ``ln_f``) the gradient
   norm and the update/weight norm ratio of an optimizer step, with a trend label over a window.
 - :class:`MoeCallback` wires these into any transformers/TRL Trainer: logged every logging step (``moe/...`` and

@@ -24,7 +24,7 @@ def trainer_defaults(stage_dir: Path, seed: int) -> dict[str, Any]:
 
     CPU: ``use_cpu=True`` (no_cuda no longer exists; under DeepSpeed on CPU it is also what makes the world size
     right) and fp32 without gradient checkpointing, which is faster than TRL's bf16 + checkpointing for tiny models
-    (STACK-NOTES).
+    (bench/preset_speed.py).
     """
     from align.distributed import device_args
 

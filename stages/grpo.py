@@ -15,7 +15,7 @@ Our MoE defaults (override any in ``trainer:``), with the reason for each:
   The coefficient is logged each step (``aux_loss`` when non-zero).
 - ``router.freeze`` (off by default) freezes router weights so RL moves experts and attention only.
 - ``output_router_logits`` is switched off in the model config before training: TRL's rollout generates on padded
-  batches, where router-logit outputs crash the load-balancing loss (STACK-NOTES); TRL still requests router logits
+  batches, where router-logit outputs crash the load-balancing loss; TRL still requests router logits
   itself in the loss forward when the aux loss is on.
 - ``beta = 0`` (no reference model): cheaper on CPU and the clip already bounds the update; set ``beta`` to log KL.
 - ``num_generations = 8``, ``max_completion_length = 64``: groups large enough to keep reward variance on a tiny

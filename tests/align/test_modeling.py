@@ -24,7 +24,7 @@ def test_parameter_counts_and_moe_blocks(tmp_path):
         total, active = moe.count_parameters(model)
         dense = preset.endswith("-dense")  # every routed expert active: the dense-FFN ablation baseline
         assert 0 < active <= total and (active == total) == dense and len(moe.find_moe_blocks(model)) == 3
-        assert hasattr(model.config, "num_experts")  # TRL's aux loss reads it (STACK-NOTES)
+        assert hasattr(model.config, "num_experts")  # TRL's aux loss reads it
 
 
 def test_overrides_go_through_the_constructor(tmp_path):
