@@ -1,28 +1,23 @@
-"""Held-out grading: greedy generation on held-out prompts, graded by each row's verifier (as in training)."""
+"""Generation for grading, and held-out grading: greedy completions graded by each row's verifier through the one
+grading path (``rewards.grading``), exactly as in training."""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from align import moe
-from rewards import get_verifier
-from rewards.parsing import answer_section
+from rewards.grading import GradingReport, grade_rows, row_gold
 
 logger = logging.getLogger(__name__)
 
 
 def prompt_and_gold(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
-    """The prompt messages and the gold answer of a row (``answer`` column, else the assistant's final text)."""
-    prompt = row.get("prompt") or row["messages"][:-1]
-    gold = row.get("answer")
-    if gold is None:
-        gold = (answer_section(row["messages"][-1]["content"]) or "").strip()
-    return prompt, str(gold)
+    """The prompt messages and the gold answer of a row (``rewards.grading.row_gold``)."""
+    return row.get("prompt") or row["messages"][:-1], row_gold(row)
 
 
 @torch.no_grad()
@@ -61,27 +56,10 @@ def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_
 
 
 def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
-    """Greedy held-out accuracy: ``{"accuracy", "n", "status_counts", "by_verifier", "examples"}``.
-
-    ``by_verifier`` splits accuracy by the rows' verifier (= task family in a mixture): ``{name: {"accuracy", "n"}}``.
-    """
+    """Greedy held-out grading: ``GradingReport`` as a dict (``accuracy``, ``n``, ``statuses``, ``by_verifier`` —
+    accuracy per verifier, i.e. per task family of a mixture — and ``examples``)."""
     if not rows:
-        return {"accuracy": None, "n": 0, "status_counts": {}, "by_verifier": {}, "examples": []}
-    pairs = [prompt_and_gold(r) for r in rows]
-    completions = generate(model, tok, [p for p, _ in pairs], max_new_tokens, batch_size, desc="held-out")
-    statuses: Counter[str] = Counter()
-    hits: Counter[str] = Counter()
-    totals: Counter[str] = Counter()
-    examples = []
-    for row, (prompt, gold), completion in zip(rows, pairs, completions):
-        name = row.get("verifier", "exact")
-        verdict = get_verifier(name)(completion, gold, **{k: v for k, v in row.items() if k == "meta"})
-        statuses[verdict.status] += 1
-        hits[name] += verdict.accepted
-        totals[name] += 1
-        if sum(e["verifier"] == name for e in examples) < 3:
-            examples.append({"verifier": name, "prompt": prompt[-1]["content"][-200:], "completion": completion[:200],
-                             "gold": gold, "status": verdict.status})
-    return {"accuracy": sum(hits.values()) / len(rows), "n": len(rows), "status_counts": dict(statuses),
-            "by_verifier": {k: {"accuracy": hits[k] / totals[k], "n": totals[k]} for k in sorted(totals)},
-            "examples": examples}
+        return GradingReport().as_dict()
+    completions = generate(model, tok, [prompt_and_gold(r)[0] for r in rows], max_new_tokens, batch_size,
+                           desc="held-out")
+    return GradingReport.build(rows, completions, grade_rows(rows, completions)).as_dict()

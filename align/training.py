@@ -320,7 +320,7 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     model, tok = modeling.load_model(final)
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     metrics.update(
-        heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["status_counts"],
+        heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["statuses"],
         heldout_by_verifier=graded["by_verifier"], **({"moe": trainer.moe_summary} if getattr(trainer, "moe_summary", None) else {}),
         **({"zero3_self_test": trainer.zero3_self_test} if getattr(trainer, "zero3_self_test", None) else {}),
         heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),

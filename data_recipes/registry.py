@@ -14,7 +14,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from rewards.registry import load_object
+from rewards.registry import Registry, load_object
 
 ENTRY_POINT_GROUP = "align.recipes"
 # Closed set: built-in recipe name -> module that registers it.
@@ -27,18 +27,14 @@ BUILTINS: dict[str, str] = {
     "two_hop": "data_recipes.suites",
 }
 
-_RECIPES: dict[str, Callable[..., list[dict[str, Any]]]] = {}
+_RECIPES = Registry("recipe")  # the same registry implementation (and duplicate rule) as the verifiers'
 
 
 def register_recipe(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a recipe under ``name``; a second, different object under the same name is an error."""
+    """Register a recipe under ``name``; a second, different object (module + qualname) under it is an error."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        prior = _RECIPES.get(name)
-        if prior is not None and prior is not fn and prior.__qualname__ != fn.__qualname__:
-            raise ValueError(f"recipe name {name!r} is already registered by {prior.__module__}.{prior.__qualname__}")
-        _RECIPES[name] = fn
-        return fn
+        return _RECIPES.register(name, fn)
 
     return decorate
 
@@ -47,12 +43,13 @@ def resolve_recipe(spec: str) -> Callable[..., list[dict[str, Any]]]:
     """A recipe function from a registered/built-in name, an import path or an entry point."""
     if spec in BUILTINS and spec not in _RECIPES:
         importlib.import_module(BUILTINS[spec])
-    if spec in _RECIPES:
-        return _RECIPES[spec]
+    entry = _RECIPES.get(spec)
+    if entry is not None:
+        return entry.obj
     if ":" in spec:
         return load_object(spec)
     eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if spec in eps:
         return eps[spec].load()
-    known = sorted(set(BUILTINS) | set(_RECIPES) | set(eps))
+    known = sorted(set(BUILTINS) | set(_RECIPES.names()) | set(eps))
     raise KeyError(f"unknown data recipe {spec!r}; known: {', '.join(known)} (or 'pkg.mod:fn' / 'file.py:fn')")

@@ -208,7 +208,7 @@ def _check_meta(meta: Any) -> str | None:
     return None
 
 
-@register_verifier("code")
+@register_verifier("code", runs="pool", timeout_s=30.0)  # a killable worker; several sandboxed runs per row
 def verify(completion: str, answer: str = "", meta: dict[str, Any] | None = None, partial: bool = False,
            wall_s: float = 5.0, **row: Any) -> Verdict:
     """Score 1 when every test passes in the sandbox."""

@@ -17,8 +17,9 @@ Policy (each point pinned by a test in ``tests/rewards/test_math.py`` / ``test_m
     ``REL_TOL`` (exact for two rationals).
 - Leniencies we keep: tuples compare in order (Math-Verify already does), plain comma lists compare as sets (solution
   sets: ``1,2`` = ``2,1``), ``\\pm 2`` equals ``2,-2``.
-- Time: Math-Verify runs in a killable worker process (``rewards.pool``), never in the caller's thread: its own
-  ``signal.alarm`` timeout only works in a main thread, and huge powers ignore signals. Budget ``TIMEOUT_S``.
+- Time: registered ``runs="pool"``: every call runs in a killable worker process (``rewards.pool``), never in the
+  caller's thread — Math-Verify's own ``signal.alarm`` timeout only works in a main thread, and huge powers ignore
+  signals. Budget ``TIMEOUT_S`` (the registration's), or the caller's.
 - Answers over ``MAX_MATH_CHARS`` are not parsed (wrong).
 
 Source of the equivalence itself: Hugging Face Math-Verify (``math_verify.parse`` / ``verify``).
@@ -121,20 +122,7 @@ def _numbers_agree(gold: Any, pred: Any) -> bool:
         return True
 
 
-def _equivalent(gold: str, pred: str) -> Verdict:
-    from rewards import pool
-
-    if pool.IN_WORKER:  # already in a killable process's main thread
-        return ok({"parsed": pred[:200]}) if compare(gold, pred) else wrong({"parsed": pred[:200]})
-    return pool.shared_pool().map("rewards.math:equivalence", [(pred, gold, {})], timeout=TIMEOUT_S)[0]
-
-
-def equivalence(completion: str, answer: str, **row: Any) -> Verdict:
-    """Pool entry point: ``completion`` is the extracted prediction."""
-    return ok({"parsed": completion[:200]}) if compare(answer, completion) else wrong({"parsed": completion[:200]})
-
-
-@register_verifier("math")
+@register_verifier("math", runs="pool", timeout_s=TIMEOUT_S)
 def verify(completion: str, answer: str, **row: Any) -> Verdict:
     """Score 1 when the final answer is mathematically equivalent to the gold answer, under our policy."""
     gold = clean_text(str(answer)).strip()
@@ -150,4 +138,4 @@ def verify(completion: str, answer: str, **row: Any) -> Verdict:
         return wrong({"reason": "percent not in gold", "parsed": pred[:200]})
     if _NUMBER.match(gold) and not is_number_literal(pred):
         return wrong({"reason": "not a number literal for a numeric answer (unevaluated?)", "parsed": pred[:200]})
-    return _equivalent(gold, pred)
+    return ok({"parsed": pred[:200]}) if compare(gold, pred) else wrong({"parsed": pred[:200]})

@@ -121,6 +121,8 @@ class VerifierPool:
     """``map(spec, calls, timeout)`` runs ``get_verifier(spec)(completion, answer, **row)`` per call in workers."""
 
     def __init__(self, workers: int | None = None) -> None:
+        if IN_WORKER:  # a pool verifier must run directly in a worker; a nested pool would multiply processes
+            raise RuntimeError("a verifier pool cannot be started inside a pool worker")
         from rewards.sandbox import sweep_orphans, sweep_stale_scratch
 
         sweep_stale_scratch()  # what workers of a killed earlier run left behind
@@ -213,5 +215,9 @@ def shared_pool() -> VerifierPool:
 
 
 if __name__ == "__main__":
-    _worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else None,
-                 len(sys.argv) > 3 and sys.argv[3] == "1")
+    # Run from the importable module, not this ``__main__`` copy: verifiers check ``rewards.pool.IN_WORKER`` to know
+    # they are already in a worker (else a pool verifier would start a pool of its own, recursively).
+    from rewards import pool as _module
+
+    _module._worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else None,
+                         len(sys.argv) > 3 and sys.argv[3] == "1")

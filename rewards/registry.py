@@ -35,38 +35,88 @@ ENTRY_POINT_GROUP = "align.verifiers"
 # Closed set: the verifiers shipped in this package, one module each (module name = verifier name).
 BUILTINS: tuple[str, ...] = ("exact", "math", "think_format", "code", "instructions", "retrieval", "overlong", "repetition")
 
-_REGISTRY: dict[str, tuple[Callable[..., Any], str]] = {}
+RUNS = ("inline", "pool")
+"""Where a verifier runs, declared at registration: ``inline`` (bounded, cheap: called in the caller's thread) or
+``pool`` (may be slow or hang: a killable worker process of :mod:`rewards.pool`, with a time budget)."""
 
 
-def register_verifier(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering ``fn`` under ``name``; a second, different object under one name is an error."""
+@dataclass(frozen=True)
+class Entry:
+    """One registered object: the object, where it comes from, and what its registration declared."""
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        prior = _REGISTRY.get(name)
-        if prior is not None and not _same_object(prior[0], fn):
-            raise ValueError(
-                f"verifier name {name!r} is already registered by {prior[1]}; "
-                f"refusing a different object from {_origin_of(fn)}"
-            )
-        _REGISTRY[name] = (fn, _origin_of(fn))
-        return fn
-
-    return decorate
+    obj: Any
+    origin: str
+    attrs: dict[str, Any]
 
 
-def _same_object(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
-    # Re-importing a module (e.g. a file loaded twice) yields a new function object with the same code location.
+class Registry:
+    """Names -> objects, the one implementation behind every plug-point registry (verifiers, data recipes).
+
+    Identity is module + qualname (verl's rule): registering the same object again — or the same function from a
+    re-imported module — is a no-op; a *different* object under a taken name is refused with both origins named.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, obj: Any, **attrs: Any) -> Any:
+        prior = self._entries.get(name)
+        if prior is not None and not same_object(prior.obj, obj):
+            raise ValueError(f"{self.kind} name {name!r} is already registered by {prior.origin}; refusing a "
+                             f"different object from {origin_of(obj)}")
+        self._entries[name] = Entry(obj, origin_of(obj), attrs)
+        return obj
+
+    def get(self, name: str) -> Entry | None:
+        return self._entries.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def items(self) -> list[tuple[str, Entry]]:
+        return sorted(self._entries.items())
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+def same_object(a: Any, b: Any) -> bool:
+    """The same object, or the same function of a re-imported module (same module and qualname)."""
     return a is b or (
-        getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+        getattr(a, "__qualname__", None) is not None
+        and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
         and getattr(a, "__module__", None) == getattr(b, "__module__", None)
     )
 
 
-def _origin_of(fn: Callable[..., Any]) -> str:
+def origin_of(obj: Any) -> str:
+    """``module:qualname (file)`` of a registered object."""
     try:
-        return f"{fn.__module__}:{fn.__qualname__} ({inspect.getsourcefile(fn)})"
-    except TypeError:
-        return repr(fn)
+        return f"{obj.__module__}:{obj.__qualname__} ({inspect.getsourcefile(obj)})"
+    except (TypeError, AttributeError):
+        return repr(obj)
+
+
+_VERIFIERS = Registry("verifier")
+
+
+def register_verifier(name: str, runs: str | None = None,
+                      timeout_s: float | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering ``fn`` under ``name``; a second, different object under one name is an error.
+
+    ``runs`` declares where calls go (``RUNS``): ``pool`` for anything that can be slow or hang (symbolic math,
+    running code), ``inline`` for checks of bounded cost. Undeclared: ``inline`` for align's built-ins; a verifier
+    registered by user code runs in a thread with a time budget (it may hang, and a worker process cannot resolve a
+    name registered only in this process) unless it declares ``inline``. ``timeout_s``: the verifier's own
+    per-sample budget when a caller gives none (default ``rewards.grading.DEFAULT_TIMEOUT_S``)."""
+    if runs is not None and runs not in RUNS:
+        raise ValueError(f"register_verifier({name!r}): runs must be one of {RUNS}, got {runs!r}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return _VERIFIERS.register(name, fn, runs=runs, timeout_s=timeout_s)
+
+    return decorate
 
 
 def load_object(spec: str) -> Any:
@@ -105,13 +155,33 @@ def load_object(spec: str) -> Any:
 
 @dataclass(frozen=True)
 class ResolvedVerifier:
-    """A verifier ready to call: ``v(completion, answer, **row) -> Verdict`` that never raises."""
+    """A verifier ready to call: ``v(completion, answer, **row) -> Verdict`` that never raises.
+
+    ``runs`` says where it runs (the one place this is decided): ``inline`` verifiers are called here; ``pool``
+    verifiers — built-ins registered so, and user verifiers a fresh process can resolve (import path, file path,
+    entry point) — go to a killable worker of :mod:`rewards.pool` with ``DEFAULT_TIMEOUT_S``, unless this process is
+    such a worker; ``thread`` (a name registered only inside this process) runs in a thread with that budget.
+    ``rewards.grading`` batches pool calls and applies the caller's budget instead.
+    """
 
     name: str
     origin: str
     fn: Callable[..., Any]
+    runs: str = "inline"
+    timeout_s: float | None = None
+    """The verifier's own budget (declared at registration); None: ``rewards.grading.DEFAULT_TIMEOUT_S``."""
 
     def __call__(self, completion: str, answer: str, **row: Any) -> Verdict:
+        from rewards import pool
+
+        if self.runs != "inline" and not pool.IN_WORKER:
+            from rewards.grading import score_calls
+
+            return score_calls(self, [(completion, answer, row)])[0]
+        return self.call_here(completion, answer, **row)
+
+    def call_here(self, completion: str, answer: str, **row: Any) -> Verdict:
+        """Call the function in this thread (what a worker does), turning anything it does into a Verdict."""
         try:
             return to_verdict(self.fn(completion, answer, **row))
         except Exception as exc:  # a verifier bug costs this sample's reward, never the run
@@ -135,12 +205,18 @@ def _entry_points() -> dict[str, Any]:
 
 def get_verifier(spec: str) -> ResolvedVerifier:
     """Resolve a verifier by built-in name, registered name, import path, file path or entry point."""
-    if spec in BUILTINS and spec not in _REGISTRY:
+    if spec in BUILTINS and spec not in _VERIFIERS:
         importlib.import_module(f"rewards.{spec}")
-    if spec in _REGISTRY:
-        fn, origin = _REGISTRY[spec]
-        _check_ready(fn)
-        return ResolvedVerifier(spec, origin, fn)
+    entry = _VERIFIERS.get(spec)
+    if entry is not None:
+        _check_ready(entry.obj)
+        # a name registered only in this process cannot be resolved by a worker: bounded in a thread instead
+        runs = entry.attrs.get("runs")
+        if spec in BUILTINS:
+            runs = runs or "inline"
+        elif runs != "inline":
+            runs = "thread"
+        return ResolvedVerifier(spec, entry.origin, entry.obj, runs, entry.attrs.get("timeout_s"))
     if ":" in spec:
         fn = load_object(spec)
         if isinstance(fn, ResolvedVerifier):
@@ -148,15 +224,15 @@ def get_verifier(spec: str) -> ResolvedVerifier:
         if not callable(fn):
             raise TypeError(f"verifier {spec!r} resolved to {type(fn).__name__}, which is not callable")
         _check_ready(fn)
-        return ResolvedVerifier(spec, _origin_of(fn), fn)
+        return ResolvedVerifier(spec, origin_of(fn), fn, "pool")  # user code: killable, bounded
     eps = _entry_points()
     if spec in eps:
         fn = eps[spec].load()
         _check_ready(fn)
-        return ResolvedVerifier(spec, f"entry point {ENTRY_POINT_GROUP}:{spec} = {eps[spec].value}", fn)
+        return ResolvedVerifier(spec, f"entry point {ENTRY_POINT_GROUP}:{spec} = {eps[spec].value}", fn, "pool")
     import difflib
 
-    known = sorted(set(BUILTINS) | set(_REGISTRY) | set(eps))
+    known = sorted(set(BUILTINS) | set(_VERIFIERS.names()) | set(eps))
     close = difflib.get_close_matches(spec, known, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise KeyError(f"unknown verifier {spec!r}.{hint} Known: {', '.join(known)}; or give 'pkg.mod:fn' / 'file.py:fn'.")
@@ -172,11 +248,11 @@ def _check_ready(fn: Callable[..., Any]) -> None:
 def list_verifiers() -> list[tuple[str, str]]:
     """Every resolvable name with where it comes from (built-ins, registered, entry points)."""
     for name in BUILTINS:
-        if name not in _REGISTRY:
+        if name not in _VERIFIERS:
             try:
                 importlib.import_module(f"rewards.{name}")
             except ImportError as exc:  # pragma: no cover - optional dependency missing
                 logger.warning("built-in verifier %s unavailable: %s", name, exc)
-    rows = [(name, origin) for name, (_, origin) in sorted(_REGISTRY.items())]
+    rows = [(name, entry.origin) for name, entry in _VERIFIERS.items()]
     rows += [(n, f"entry point {ENTRY_POINT_GROUP}: {ep.value}") for n, ep in sorted(_entry_points().items())]
     return rows

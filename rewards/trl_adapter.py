@@ -6,11 +6,9 @@ batched, ``**kwargs``-tolerant, one float or ``None`` ("does not apply to this r
 
 - Routing: a correctness verifier scores only the rows whose ``verifier`` column names it (others get ``None``);
   a spec with ``all_rows: true`` (shaping rewards such as ``overlong``) scores every row.
-- Time: each sample has a budget (``timeout_s``). Verifiers that can be slow — ``math``, ``code`` and every user
-  verifier that a fresh process can resolve (import path, file path, entry point) — run in a pool of worker processes
-  (:mod:`rewards.pool`): a batch runs in parallel, and a worker that overruns is killed and replaced. Built-ins with
-  bounded cost (``exact``, ``think_format``, ``retrieval``, ``instructions``, ``overlong``, ``repetition``) run inline.
-  A name registered only inside the caller's process runs in a thread with the same budget.
+- Time and place: :func:`rewards.grading.score_calls`, the one grading path: each verifier runs where its
+  registration declares (inline, a killable worker of :mod:`rewards.pool`, or a thread for a name only this process
+  knows), with the spec's per-sample budget (``timeout_s``; default: the verifier's own).
 - Errors: an exception, a crash or a timeout becomes that sample's status with score 0 — never an exception in the
   trainer (TRL calls reward functions without error handling; one exception would end the run).
 - Logging: success rate and status fractions per verifier go to TRL's ``log_metric`` (apart from the shaped score,
@@ -19,21 +17,18 @@ batched, ``**kwargs``-tolerant, one float or ``None`` ("does not apply to this r
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewards.pool import VerifierPool, shared_pool
-from rewards.registry import BUILTINS, _entry_points, get_verifier
+from rewards.grading import row_kwargs, score_calls
+from rewards.pool import VerifierPool
+from rewards.registry import get_verifier
 from rewards.types import STATUSES, Verdict
 
 logger = logging.getLogger(__name__)
-
-INLINE_BUILTINS = {"exact", "think_format", "retrieval", "instructions", "overlong", "repetition"}
 
 
 @dataclass(frozen=True)
@@ -45,13 +40,14 @@ class VerifierSpec:
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for every call (e.g. ``max_len`` for ``overlong``)."""
-    timeout_s: float = 10.0
-    """Per-sample time budget; past it the sample scores 0 with status ``timeout``."""
+    timeout_s: float | None = None
+    """Per-sample time budget; past it the sample scores 0 with status ``timeout``. None: the verifier's own
+    (declared at its registration; 10 s unless it says otherwise)."""
     all_rows: bool = False
     """Score every row (shaping rewards) instead of only rows whose ``verifier`` column names this verifier."""
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
+        if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError("timeout_s: must be > 0")
 
 
@@ -87,12 +83,6 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _runs_in_pool(name: str) -> bool:
-    if name in INLINE_BUILTINS:
-        return False
-    return name in BUILTINS or ":" in name or name in _entry_points()
-
-
 class RewardFunction:
     """A TRL reward function for one VerifierSpec (callable; ``__name__`` is the verifier name)."""
 
@@ -100,34 +90,8 @@ class RewardFunction:
         self.spec = spec
         self.verifier = get_verifier(spec.name)  # resolves now: a bad name fails at start-up, not mid-run
         self.__name__ = spec.name.replace(":", "_").replace("/", "_")
-        self.in_pool = _runs_in_pool(spec.name)
         self._pool = pool
         self.stats = VerifierStats()
-
-    def _score(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
-        if self.in_pool:
-            # A GRPO group often repeats an answer: grade each distinct (completion, answer, row) once.
-            keys = [(c, a, repr(sorted(row.items()))) for c, a, row in calls]
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            unique = sorted(set(first.values()))
-            pool = self._pool or shared_pool()
-            graded = dict(zip(unique, pool.map(self.spec.name, [calls[i] for i in unique], timeout=self.spec.timeout_s)))
-            return [graded[first[k]] for k in keys]
-        if self.spec.name in INLINE_BUILTINS:
-            return [self.verifier(c, a, **row) for c, a, row in calls]
-        # a verifier only this process knows: a thread with a budget (it cannot be killed, only abandoned)
-        out = []
-        ex = cf.ThreadPoolExecutor(max_workers=1)
-        for c, a, row in calls:
-            fut = ex.submit(self.verifier, c, a, **row)
-            try:
-                out.append(fut.result(timeout=self.spec.timeout_s))
-            except cf.TimeoutError:
-                out.append(Verdict(0.0, "timeout", {"budget_s": self.spec.timeout_s}))
-                ex.shutdown(wait=False, cancel_futures=True)
-                ex = cf.ThreadPoolExecutor(max_workers=1)
-        ex.shutdown(wait=False)
-        return out
 
     def __call__(self, prompts: list[Any] | None = None, completions: list[Any] | None = None,
                  **kwargs: Any) -> list[float | None]:
@@ -138,16 +102,9 @@ class RewardFunction:
         try:
             answers = kwargs.get("answer") or [""] * n
             metas = kwargs.get("meta") or [None] * n
-            calls = []
-            for i in rows:
-                row = dict(self.spec.kwargs)
-                meta = metas[i]
-                if isinstance(meta, str):  # datasets cannot hold per-row dicts of varying shape: JSON in a string
-                    meta = json.loads(meta) if meta else None
-                if meta is not None:
-                    row["meta"] = meta
-                calls.append((completion_text(completions[i]), "" if answers[i] is None else str(answers[i]), row))
-            verdicts = self._score(calls) if calls else []
+            calls = [(completion_text(completions[i]), "" if answers[i] is None else str(answers[i]),
+                      row_kwargs({"meta": metas[i]}, self.spec.kwargs)) for i in rows]
+            verdicts = score_calls(self.verifier, calls, self.spec.timeout_s, self._pool)
         except Exception as exc:  # never raise into the trainer
             logger.exception("reward function %s failed on a batch", self.spec.name)
             verdicts = [Verdict(0.0, "error", {"exception": str(exc)[:300]})] * len(rows)

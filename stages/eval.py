@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 from align import evaluation, modeling
@@ -24,7 +24,7 @@ from align.checkpoint import StageResult
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError
 from data_recipes.suites import SUITES
-from rewards import get_verifier
+from rewards.grading import GradingReport, grade_rows
 
 logger = logging.getLogger(__name__)
 
@@ -64,21 +64,14 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     """Greedy accuracy, pass@k over ``samples`` sampled completions, statuses, mean length, accuracy by depth."""
     pairs = [evaluation.prompt_and_gold(r) for r in rows]
     prompts = [p for p, _ in pairs]
-    verifiers = {name: get_verifier(name) for name in {r.get("verifier", "exact") for r in rows}}
-
-    def grade(row: dict[str, Any], gold: str, completion: str) -> Any:
-        meta = {"meta": row["meta"]} if row.get("meta") is not None else {}
-        return verifiers[row.get("verifier", "exact")](completion, gold, **meta)
-
     greedy = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval greedy")
-    verdicts = [grade(r, g, c) for r, (_, g), c in zip(rows, pairs, greedy)]
-    statuses = Counter(v.status for v in verdicts)
+    verdicts = grade_rows(rows, greedy)  # the training verifiers, their budgets, through the one grading path
+    report = GradingReport.build(rows, greedy, verdicts)
     lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in greedy]
     out: dict[str, Any] = {
-        "n": len(rows), "accuracy": sum(v.accepted for v in verdicts) / len(rows), "statuses": dict(statuses),
-        "mean_length": sum(lengths) / len(lengths), "verifiers": sorted(verifiers),
-        "examples": [{"prompt": p[-1]["content"][-160:], "completion": c[:160], "gold": g, "status": v.status}
-                     for (p, g), c, v in list(zip(pairs, greedy, verdicts))[:3]],
+        "n": report.n, "accuracy": report.accuracy, "statuses": report.statuses,
+        "mean_length": sum(lengths) / len(lengths), "verifiers": sorted(report.by_verifier),
+        "examples": report.examples,
     }
     by_depth: dict[float, list[bool]] = defaultdict(list)
     for r, v in zip(rows, verdicts):
@@ -91,8 +84,8 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
         sampled = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval sampled",
                                       do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                       num_return_sequences=samples)
-        correct = [sum(grade(r, g, sampled[i * samples + j]).accepted for j in range(samples))
-                   for i, (r, (_, g)) in enumerate(zip(rows, pairs))]
+        sampled_verdicts = grade_rows([r for r in rows for _ in range(samples)], sampled)
+        correct = [sum(v.accepted for v in sampled_verdicts[i * samples : (i + 1) * samples]) for i in range(len(rows))]
         ks = sorted({1, samples} | {2**e for e in range(1, 8) if 2**e < samples})
         out["pass_at_k"] = {str(k): sum(pass_at_k(samples, c, k) for c in correct) / len(rows) for k in ks}
         out["samples"], out["temperature"] = samples, temperature

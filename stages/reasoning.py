@@ -21,7 +21,7 @@ from typing import Any
 from align import evaluation, training
 from align.checkpoint import StageResult
 from data_recipes import DataError, build_rows
-from rewards import get_verifier
+from rewards.grading import grade_rows
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,16 @@ def sample_accepted_traces(model: Any, tok: Any, rows: list[dict[str, Any]], tra
         desc="rejection sampling", do_sample=True, temperature=traces.temperature, top_k=0,
         num_return_sequences=traces.k,
     )
-    filters = [get_verifier(name) for name in traces.verifiers]
+    # every sample must pass its row's own verifier and every trace filter (the one grading path, with budgets)
+    expanded = [row for row in rows for _ in range(traces.k)]
+    passed = [v.accepted for v in grade_rows(expanded, samples)]
+    for name in traces.verifiers:
+        passed = [p and v.accepted for p, v in zip(passed, grade_rows(expanded, samples, verifier=name))]
     accepted: list[dict[str, Any]] = []
-    for i, (row, (prompt, gold)) in enumerate(zip(rows, pairs)):
-        own = get_verifier(row.get("verifier", "exact"))
-        meta = {"meta": row["meta"]} if row.get("meta") is not None else {}
-        for completion in samples[i * traces.k : (i + 1) * traces.k]:
-            if own(completion, gold, **meta).accepted and all(f(completion, gold, **meta).accepted for f in filters):
-                accepted.append({**row, "messages": [*prompt, {"role": "assistant", "content": completion}]})
+    for i, (row, (prompt, _)) in enumerate(zip(rows, pairs)):
+        for j in range(i * traces.k, (i + 1) * traces.k):
+            if passed[j]:
+                accepted.append({**row, "messages": [*prompt, {"role": "assistant", "content": samples[j]}]})
     stats = {"sampled": len(samples), "accepted": len(accepted),
              "acceptance_rate": len(accepted) / len(samples) if samples else 0.0}
     return accepted, stats

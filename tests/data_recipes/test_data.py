@@ -159,3 +159,22 @@ def test_noisy_teacher_drops_only_the_final_carry_of_training_demonstrations():
     assert all(r["messages"][-1]["content"].endswith("</think>" + r["answer"]) for r in held)
     with pytest.raises(ValueError, match="teacher_drops_carry"):
         arithmetic("train", 10, 0, teacher_drops_carry=1.5)
+
+
+def test_recipe_name_clash_from_another_module_is_refused():
+    """Same function name, another module: refused like a verifier clash (identity = module + qualname)."""
+    from data_recipes import register_recipe
+
+    def make(module: str):
+        def clash_recipe(split, n, seed):
+            return []
+
+        clash_recipe.__module__ = module
+        return clash_recipe
+
+    first = make("mod_a")
+    register_recipe("test_clash")(first)
+    register_recipe("test_clash")(first)  # the same object again: a no-op
+    register_recipe("test_clash")(make("mod_a"))  # the same module + qualname (a re-import): a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("test_clash")(make("mod_b"))
