@@ -1,4 +1,5 @@
-"""Stage results, manifests, complete-checkpoint detection and finalisation.
+"""Stage results, manifests, complete-checkpoint detection, and finalisation (``finalize`` for one process,
+``finalize_trained`` for a trainer on any number of ranks).
 
 HF Trainer writes ``checkpoint-N`` non-atomically, and on resume takes the highest-numbered one without checking it.
 We mark a checkpoint complete *after* the Trainer has saved it: a marker listing every file with its size and SHA-256.
@@ -251,3 +252,36 @@ def git_commit() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
+    """``final/``: a plain HF model dir written once. Single process: ``checkpoint.finalize`` (LoRA merged). Under
+    DeepSpeed / several ranks: every rank joins ``trainer.save_model`` (ZeRO-3 gathers the partitioned weights; rank 0
+    writes), rank 0 merges LoRA adapters into the input model if any, then renames into place; all ranks wait."""
+    out = ctx.stage_dir / "final"
+    if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
+        return finalize(trainer.model, tok, out)
+    tmp = out.with_name("final.gathered")  # not final.tmp: checkpoint.finalize (the LoRA merge below) writes there
+    if is_main_process() and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+    trainer.save_model(str(tmp))
+    if is_main_process():
+        if (tmp / "adapter_config.json").is_file():  # LoRA: merge the saved adapter into the input model
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            from align.modeling import whole_model_load
+
+            with whole_model_load():  # rank 0 alone: outside the trainer's ZeRO-3 partitioning
+                base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
+            merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
+            finalize(merged, tok, out)
+            shutil.rmtree(tmp)
+        else:
+            tok.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    barrier()
+    return out

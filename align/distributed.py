@@ -139,7 +139,7 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
     """
     import torch.distributed as dist
 
-    from align.moe import find_moe_blocks
+    from align.moe import find_moe_blocks, router_of
 
     model = engine.module
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -149,7 +149,7 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
     used: dict[str, list[int]] = {}
     handles = []
     for name, block in find_moe_blocks(model):
-        router = getattr(block, "gate", None) or getattr(block, "router", None)
+        router = router_of(block)[1]
 
         def record(_m: Any, _i: Any, out: Any, name: str = name) -> None:
             idx = out[-1] if isinstance(out, tuple) else out.topk(getattr(config, "num_experts_per_tok", 1), -1)[1]

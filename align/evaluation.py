@@ -63,3 +63,22 @@ def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_toke
     completions = generate(model, tok, [prompt_and_gold(r)[0] for r in rows], max_new_tokens, batch_size,
                            desc="held-out")
     return GradingReport.build(rows, completions, grade_rows(rows, completions)).as_dict()
+
+
+def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
+    """The rows a stage is graded on: ``eval.data``'s held-out split if set, else the stage's own."""
+    from data_recipes import build_rows
+
+    if cfg.eval.data is not None:
+        return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval")
+    # graded by prompt + gold only, so a reasoning stage's held-out rows need no trace
+    kind = "sft" if cfg.kind == "reasoning" else cfg.kind
+    return build_rows(cfg.data, "heldout", ctx.seed, kind) if cfg.data.n_heldout else []
+
+
+def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """If ``eval.before``: grade the input model too (``heldout_accuracy_before``)."""
+    if cfg.eval.before and heldout:
+        graded = grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        metrics["heldout_accuracy_before"] = graded["accuracy"]
+        metrics["heldout_by_verifier_before"] = graded["by_verifier"]

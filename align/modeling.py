@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import json
 import logging
 import string
 from collections.abc import Callable, Iterator
@@ -245,3 +246,30 @@ def describe(model: Any) -> str:
     """One line: class, total and active-per-token parameters."""
     total, active = moe.count_parameters(model)
     return f"{type(model).__name__}: {total / 1e6:.3f}M parameters total, {active / 1e6:.3f}M active per token"
+
+
+@contextlib.contextmanager
+def typed_checkpoint_configs() -> Iterator[None]:
+    """Make ``PreTrainedConfig.from_json_file`` build the config class the file names.
+
+    On resume, HF Trainer reads the checkpoint's ``config.json`` through the *base* ``PreTrainedConfig`` (only to
+    compare versions); with DeepSeek-V4 that runs the base class's strict layer-type validator, which rejects
+    ``mlp_layer_types: [hash_moe, moe]`` and kills every resume. Dispatching on ``model_type`` fixes it.
+    """
+    from transformers import PreTrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    original = PreTrainedConfig.__dict__["from_json_file"]
+
+    def from_json_file(cls: type, json_file: str) -> Any:
+        if cls is PreTrainedConfig:
+            model_type = json.loads(Path(json_file).read_text()).get("model_type")
+            if model_type in CONFIG_MAPPING:
+                cls = CONFIG_MAPPING[model_type]
+        return original.__func__(cls, json_file)
+
+    PreTrainedConfig.from_json_file = classmethod(from_json_file)
+    try:
+        yield
+    finally:
+        PreTrainedConfig.from_json_file = original

@@ -12,12 +12,25 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+ROUTER_NAMES = ("gate", "router")
+"""Child names a sparse MoE block's router goes by (DeepSeek/Qwen/Mixtral: ``gate``; others: ``router``)."""
+
+
+def router_of(block: nn.Module) -> tuple[str, nn.Module]:
+    """The router of an MoE block: ``(child name, module)``. The one place that knows what a router is called."""
+    for name in ROUTER_NAMES:
+        router = getattr(block, name, None)
+        if isinstance(router, nn.Module):
+            return name, router
+    raise ValueError(f"{type(block).__name__} has no router child ({' or '.join(ROUTER_NAMES)})")
+
+
 def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Sparse MoE blocks found structurally: a module holding a router (``gate``/``router``) and ``experts``."""
+    """Sparse MoE blocks found structurally: a module holding a router (``ROUTER_NAMES``) and ``experts``."""
     blocks = []
     for name, module in model.named_modules():
         children = dict(module.named_children())
-        if "experts" in children and ("gate" in children or "router" in children):
+        if "experts" in children and any(r in children for r in ROUTER_NAMES):
             blocks.append((name, module))
     return blocks
 
@@ -149,8 +162,7 @@ def freeze_routers(model: nn.Module) -> int:
     """Stop gradients to every MoE block's router weights; returns how many tensors were frozen."""
     n = 0
     for _, block in find_moe_blocks(model):
-        router = getattr(block, "gate", None) or getattr(block, "router", None)
-        for p in router.parameters():
+        for p in router_of(block)[1].parameters():
             p.requires_grad_(False)
             n += 1
     return n
@@ -180,9 +192,7 @@ def set_top_k(model: nn.Module, top_k: int) -> int:
     model.config.num_experts_per_tok = top_k
     changed = 0
     for _, block in find_moe_blocks(model):
-        for module in (block, getattr(block, "gate", None), getattr(block, "router", None)):
-            if module is None:
-                continue
+        for module in (block, router_of(block)[1]):
             if hasattr(module, "top_k"):
                 module.top_k = top_k
                 changed += module is not block

@@ -102,7 +102,7 @@ def count(model: torch.nn.Module, lora: Any = None) -> Counts:
     largest_block = max((sum(p.numel() for p in b.parameters()) for _, b in blocks), default=0)
     trainable = total
     if lora is not None:
-        from align.training import wrap_lora
+        from align.lora import wrap_lora
 
         peft_model = wrap_lora(model, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

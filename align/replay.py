@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from align.moe import find_moe_blocks
+from align.moe import find_moe_blocks, router_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class RoutingReplay:
         self.handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True)]
         self.gates: list[str] = []
         for name, block in find_moe_blocks(model):
-            gate = getattr(block, "gate", None) or getattr(block, "router", None)
-            if gate is None or hasattr(gate, "tid2eid"):
+            gate = router_of(block)[1]
+            if hasattr(gate, "tid2eid"):
                 continue
             self.gates.append(name)
             self.store[name] = {}

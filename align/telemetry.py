@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from align.moe import find_moe_blocks
+from align.moe import find_moe_blocks, router_of
 
 
 class ExpertLoad:
@@ -38,9 +38,9 @@ class ExpertLoad:
         self.layers: dict[str, dict[str, Any]] = {}
         self.handles = []
         for name, block in find_moe_blocks(model):
-            gate = getattr(block, "gate", None) or getattr(block, "router", None)
+            gate = router_of(block)[1]
             n = getattr(gate, "num_experts", None) or getattr(getattr(block, "experts", None), "num_experts", None)
-            if gate is None or not n:
+            if not n:
                 continue
             kind = "hash" if hasattr(gate, "tid2eid") else "topk"
             key = _layer_key(name)

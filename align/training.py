@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from align.checkpoint import is_main_process, mark_complete
@@ -69,33 +63,6 @@ class CompleteCheckpointCallback(TrainerCallback):
                 mark_complete(ckpt)
 
 
-@contextlib.contextmanager
-def typed_checkpoint_configs() -> Iterator[None]:
-    """Make ``PreTrainedConfig.from_json_file`` build the config class the file names.
-
-    On resume, HF Trainer reads the checkpoint's ``config.json`` through the *base* ``PreTrainedConfig`` (only to
-    compare versions); with DeepSeek-V4 that runs the base class's strict layer-type validator, which rejects
-    ``mlp_layer_types: [hash_moe, moe]`` and kills every resume. Dispatching on ``model_type`` fixes it.
-    """
-    from transformers import PreTrainedConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    original = PreTrainedConfig.__dict__["from_json_file"]
-
-    def from_json_file(cls: type, json_file: str) -> Any:
-        if cls is PreTrainedConfig:
-            model_type = json.loads(Path(json_file).read_text()).get("model_type")
-            if model_type in CONFIG_MAPPING:
-                cls = CONFIG_MAPPING[model_type]
-        return original.__func__(cls, json_file)
-
-    PreTrainedConfig.from_json_file = classmethod(from_json_file)
-    try:
-        yield
-    finally:
-        PreTrainedConfig.from_json_file = original
-
-
 def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
     """``trainer.train()``, resuming from the stage's last *complete* checkpoint if there is one.
 
@@ -103,6 +70,7 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
     callback (``align.telemetry``; its summary lands in ``trainer.moe_summary`` for the manifest), and the live
     ``/stats`` monitor serves while training when ``monitor.port`` is set (main process only).
     """
+    from align import modeling
     from align.checkpoint import is_main_process, last_complete_checkpoint
     from align.distributed import zero_stage
     from align.moe import is_moe
@@ -131,7 +99,7 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
         if resume is not None:
             use_strict_checkpoint_loading(trainer)
             stop_at_max_steps(trainer)
-        with typed_checkpoint_configs():
+        with modeling.typed_checkpoint_configs():
             return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         if callback is not None:
@@ -190,79 +158,6 @@ def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def lora_targets(model: torch.nn.Module, groups: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """(target_modules, target_parameters) for peft, found structurally.
-
-    attention: ``nn.Linear`` children of ``*attn*`` modules; mlp: dense/shared-expert linears; router: the ``gate`` /
-    ``router`` weight of each MoE block; experts: the fused 3-D expert parameters (peft ``target_parameters``) or the
-    per-expert linears of a ``ModuleList`` MoE.
-    """
-    from align.moe import find_moe_blocks
-
-    # Full dotted names, not leaf names: peft matches target_modules by suffix, so a leaf name like "kv_proj" would
-    # also catch DeepSeek-V4's compressor.kv_proj.
-    modules: set[str] = set()
-    params: set[str] = set()
-    blocks = dict(find_moe_blocks(model))
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or type(module) is not torch.nn.Linear:
-            continue  # subclasses (e.g. grouped projections) have their own forward peft cannot wrap
-        leaf = name.rsplit(".", 1)[-1]
-        if "attention" in groups and ".self_attn." in name and ".compressor." not in name:
-            modules.add(name)
-        if "mlp" in groups and (".shared_expert" in name or (".mlp." in name and ".experts" not in name and leaf != "gate")):
-            modules.add(name)
-        if "experts" in groups and ".experts." in name:
-            modules.add(name)
-    for bname, block in blocks.items():
-        router_name = "gate" if hasattr(block, "gate") else "router"
-        router = getattr(block, router_name)
-        if "router" in groups:
-            if type(router) is torch.nn.Linear:
-                modules.add(f"{bname}.{router_name}")
-            elif isinstance(getattr(router, "weight", None), torch.nn.Parameter):
-                params.add(f"{bname}.{router_name}.weight")
-        if "experts" in groups:
-            for pname, p in block.experts.named_parameters(recurse=False):
-                if p.dim() == 3:
-                    params.add(f"{bname}.experts.{pname}")
-    return sorted(modules), sorted(params)
-
-
-def wrap_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
-    """Add LoRA adapters on the configured groups; everything else is frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    modules, params = lora_targets(model, lora.targets)
-    if not modules and not params:
-        raise ValueError(f"lora.targets {list(lora.targets)}: no matching modules in {type(model).__name__}")
-    cfg = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=modules or None,
-        target_parameters=params or None, task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, cfg)
-    from align.distributed import zero_stage
-
-    if zero_stage() == 3 and params:
-        from align.moe import zero3_adapter_params
-
-        zero3_adapter_params(peft_model)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    logger.info("LoRA on %d modules and %d parameters: %d trainable parameters", len(modules), len(params), trainable)
-    return peft_model
-
-
-def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
-    """The rows a stage is graded on: ``eval.data``'s held-out split if set, else the stage's own."""
-    from data_recipes import build_rows
-
-    if cfg.eval.data is not None:
-        return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval")
-    # graded by prompt + gold only, so a reasoning stage's held-out rows need no trace
-    kind = "sft" if cfg.kind == "reasoning" else cfg.kind
-    return build_rows(cfg.data, "heldout", ctx.seed, kind) if cfg.data.n_heldout else []
-
-
 def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     """Load the stage's input model, apply the router policy (aux-loss coefficient, frozen router)."""
     from align import modeling, moe
@@ -288,6 +183,8 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     from trl import SFTConfig, SFTTrainer
 
     if cfg.lora is not None:
+        from align.lora import wrap_lora
+
         model = wrap_lora(model, cfg.lora)
     args = SFTConfig(
         **{
@@ -313,7 +210,7 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     from align import checkpoint, evaluation, modeling
     from align.checkpoint import StageResult
 
-    final = finalize_trained(trainer, tok, ctx)
+    final = checkpoint.finalize_trained(trainer, tok, ctx)
     if not checkpoint.is_main_process():  # rank 0 grades and writes; the others wait at the pipeline's barrier
         return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
     checkpoint.write_json_atomic(ctx.stage_dir / "log_history.json", trainer.state.log_history)  # report curves
@@ -333,46 +230,3 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
 
 
-def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
-    """``final/``: a plain HF model dir written once. Single process: ``checkpoint.finalize`` (LoRA merged). Under
-    DeepSpeed / several ranks: every rank joins ``trainer.save_model`` (ZeRO-3 gathers the partitioned weights; rank 0
-    writes), rank 0 merges LoRA adapters into the input model if any, then renames into place; all ranks wait."""
-    from align import checkpoint
-
-    out = ctx.stage_dir / "final"
-    if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
-        return checkpoint.finalize(trainer.model, tok, out)
-    tmp = out.with_name("final.gathered")  # not final.tmp: checkpoint.finalize (the LoRA merge below) writes there
-    if checkpoint.is_main_process() and tmp.exists():
-        shutil.rmtree(tmp)
-    checkpoint.barrier()
-    trainer.save_model(str(tmp))
-    if checkpoint.is_main_process():
-        if (tmp / "adapter_config.json").is_file():  # LoRA: merge the saved adapter into the input model
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            from align.modeling import whole_model_load
-
-            with whole_model_load():  # rank 0 alone: outside the trainer's ZeRO-3 partitioning
-                base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
-            merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
-            checkpoint.finalize(merged, tok, out)
-            shutil.rmtree(tmp)
-        else:
-            tok.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-    checkpoint.barrier()
-    return out
-
-
-def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    """If ``eval.before``: grade the input model too (``heldout_accuracy_before``)."""
-    from align import evaluation
-
-    if cfg.eval.before and heldout:
-        graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-        metrics["heldout_accuracy_before"] = graded["accuracy"]
-        metrics["heldout_by_verifier_before"] = graded["by_verifier"]

@@ -43,8 +43,9 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from align import training
+from align import evaluation, training
 from align.checkpoint import StageResult
+from align.lora import wrap_lora
 from align.validate import fit_rows, token_limit
 from data_recipes import build_rows
 from rewards.think_format import template_prefills_think
@@ -71,7 +72,7 @@ def run(cfg: Any, ctx: Any) -> StageResult:
 
     # data: prompt rows (prompt, answer, verifier, meta); meta travels as JSON text (Arrow needs one column type)
     rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
-    heldout = training.heldout_rows(cfg, ctx)
+    heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: router policy, then router logits off for the rollout
     model, tok, coef = training.prepare_model(ctx, cfg)
@@ -84,10 +85,10 @@ def run(cfg: Any, ctx: Any) -> StageResult:
         for r in rows
     ])
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "router_frozen": ctx.router.freeze}
-    training.grade_before(model, tok, cfg, heldout, metrics)
+    evaluation.grade_before(model, tok, cfg, heldout, metrics)
     model.config.output_router_logits = False
     if cfg.lora is not None:
-        model = training.wrap_lora(model, cfg.lora)
+        model = wrap_lora(model, cfg.lora)
 
     # rewards: one TRL reward function per verifier spec, weights to GRPOConfig. Whether the chat template pre-fills
     # <think> is decided once here from the template, not guessed per sample.

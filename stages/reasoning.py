@@ -56,12 +56,12 @@ def run(cfg: Any, ctx: Any) -> StageResult:
 
     # data: recipe rows (their assistant turns carry traces when source=recipe; only prompts are used when self)
     rows = build_rows(cfg.data, "train", ctx.seed, "sft" if source == "self" else cfg.kind)
-    heldout = training.heldout_rows(cfg, ctx)
+    heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: the input model (also the sampler for self-generated traces)
     model, tok, coef = training.prepare_model(ctx, cfg)
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "trace_source": source}
-    training.grade_before(model, tok, cfg, heldout, metrics)
+    evaluation.grade_before(model, tok, cfg, heldout, metrics)
     if source == "self":
         rows, stats = sample_accepted_traces(model, tok, rows, cfg.traces)
         metrics["rejection_sampling"] = stats

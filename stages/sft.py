@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from align import training
+from align import evaluation, training
 from align.checkpoint import StageResult
 from data_recipes import build_rows
 
@@ -25,12 +25,12 @@ def run(cfg: Any, ctx: Any) -> StageResult:
     """Run the SFT stage ``cfg`` (a StageConfig) in ``ctx`` (a StageContext); returns the finalized result."""
     # data: train rows for the trainer, held-out rows for grading (disjoint by construction)
     train_rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
-    heldout = training.heldout_rows(cfg, ctx)
+    heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: plain HF dir in, router policy applied
     model, tok, coef = training.prepare_model(ctx, cfg)
     metrics: dict[str, Any] = {"aux_loss_coef": coef}
-    training.grade_before(model, tok, cfg, heldout, metrics)
+    evaluation.grade_before(model, tok, cfg, heldout, metrics)
 
     # trainer: our defaults, then the YAML's trainer block (TRL fields, validated at config load)
     trainer, out = training.train_sft(model, tok, train_rows, cfg, ctx, coef)

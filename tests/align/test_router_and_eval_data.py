@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from align import training
+from align import evaluation
 from align.config import load_config
 from align.pipeline import run_pipeline
 from tests.conftest import SMOKE
@@ -30,7 +30,7 @@ def test_frozen_router_stays_put_while_experts_train(tmp_path, preset):
 
 def test_eval_data_is_graded_instead_of_the_stage_data():
     cfg = load_config(SMOKE, ["stages.sft.eval.data={sources: [{recipe: chain}], n_train: 1, n_heldout: 7}"]).stage("sft")
-    rows = training.heldout_rows(cfg, SimpleNamespace(seed=0))
+    rows = evaluation.heldout_rows(cfg, SimpleNamespace(seed=0))
     assert len(rows) == 7
     assert all(re.fullmatch(r"\d([+-]\d){2,4}=", r["prompt"][0]["content"]) for r in rows)  # chain problems
-    assert len(training.heldout_rows(load_config(SMOKE).stage("sft"), SimpleNamespace(seed=0))) == 32
+    assert len(evaluation.heldout_rows(load_config(SMOKE).stage("sft"), SimpleNamespace(seed=0))) == 32

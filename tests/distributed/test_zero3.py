@@ -58,7 +58,7 @@ def test_lora_on_parameters_is_registered_with_its_wrapper(tmp_path):
 
     from align import modeling, moe
     from align.config import LoraConfig
-    from align.training import wrap_lora
+    from align.lora import wrap_lora
 
     modeling.build_base("tiny-deepseek-v4", {}, 0, tmp_path)
     model, _ = modeling.load_model(tmp_path)

@@ -94,7 +94,7 @@ def main() -> int:
         moe.mark_zero3_leaves(model)
     if args.lora:
         from align.config import LoraConfig
-        from align.training import wrap_lora
+        from align.lora import wrap_lora
 
         model = wrap_lora(  # outside a launch with a ZeRO-3 config, wrap_lora leaves ZeRO-3 bookkeeping to us
             model, LoraConfig(r=4, targets=("experts", "router")))
