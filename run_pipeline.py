@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from align.config import dump_yaml, load_config
     from align.distributed import world_size
-    from align.pipeline import format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name
+    from align.pipeline import format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name, stage_input
 
     try:
         if args.nproc is not None:
@@ -187,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_yaml(cfg))
             print(f"# plan (run folder {cfg.run_dir}):")
             for pos, (index, stage) in enumerate(plan(cfg, args.only)):
-                src = args.init_from if (pos == 0 and args.init_from) else (
-                    cfg.model.path or f"{cfg.run_dir}/base ({cfg.model.preset})" if index == 0
-                    else f"{cfg.run_dir}/{stage_dir_name(index - 1, cfg.stages[index - 1])}/final")
-                print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src}")
+                source, src = stage_input(cfg, index, args.init_from if pos == 0 else None)
+                print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src} ({source})")
             from align.validate import validate_pipeline
 
             for name, info in validate_pipeline(cfg, args.only, args.init_from).items():

@@ -1,4 +1,4 @@
-"""Stage results, manifests, complete-checkpoint detection, and finalisation (``finalize`` for one process,
+"""Manifests, complete-checkpoint detection, and finalisation (``finalize`` for one process,
 ``finalize_trained`` for a trainer on any number of ranks).
 
 HF Trainer writes ``checkpoint-N`` non-atomically, and on resume takes the highest-numbered one without checking it.
@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,6 @@ logger = logging.getLogger(__name__)
 
 MARKER = "align_complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-@dataclass
-class StageResult:
-    """What a stage returns to the pipeline."""
-
-    final_dir: Path
-    steps: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    """More manifest fields (data recipe and hash, verifier versions...)."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

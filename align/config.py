@@ -23,7 +23,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -268,58 +268,113 @@ class TracesConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage of the pipeline; ``name`` addresses it on the command line."""
+    """What every stage kind has; ``name`` addresses it on the command line. Each kind adds its own options in a
+    subclass (``STAGE_CONFIGS``); the YAML ``kind`` picks the class, so an option of another kind is an error."""
 
     name: str
-    kind: Literal["sft", "reasoning", "grpo", "eval"]
-    """Stage kind = module in ``stages/``."""
+    kind: str
+    """Stage kind = module in ``stages/`` = key of ``STAGE_CONFIGS`` and ``stages.STAGES``."""
     data: DataConfig | None = None
-    """Training rows (and the held-out split graded after the stage); every kind but ``eval`` needs it."""
+    """Training rows (and the held-out split graded after the stage)."""
     trainer: dict[str, Any] = field(default_factory=dict)
-    """Passed through to the TRL config of the kind (``trl.SFTConfig`` for sft)."""
+    """Passed through to the kind's TRL config class (``trainer_config``)."""
     lora: LoraConfig | None = None
     router: RouterPolicy | None = None
     """Overrides ``model.router`` for this stage."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    verifiers: tuple[VerifierSpec, ...] = ()
-    """grpo: reward terms (any name ``rewards.get_verifier`` resolves, with weight, kwargs, time budget)."""
-    traces: TracesConfig | None = None
-    """reasoning: where the traces come from (default: the recipe's)."""
-    suites: tuple[SuiteConfig, ...] = ()
-    """eval: the suites to generate and grade."""
-    compare: tuple[str, ...] = ()
-    """eval: earlier stages (by name) whose final models are graded on the same suites too (what each stage bought);
-    the eval stage's input model is always graded."""
-    routing_replay: Literal["none", "measure", "replay"] = "none"
-    """grpo: record each MoE layer's expert selections in a scoring pass over every rollout batch and replay them in
-    the update passes of the same batch (``replay``), or only log how many tokens would keep their experts
-    (``measure``); ``routing/agreement`` is logged either way (``align.replay``). (Not on/off: YAML reads those
-    as booleans.)"""
-    group_by_length: bool = True
-    """grpo: every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's
-    compressed attention is not padding-neutral; equal lengths also waste no compute on padding)."""
+
+    trainer_config: ClassVar[str | None] = None
+    """``module:Class`` of the TRL config the ``trainer`` block feeds (None: the kind trains nothing)."""
+    needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError("name: letters, digits, '_', '-' and '.' only")
-        if self.kind == "grpo" and not self.verifiers:
+        if self.needs_data and self.data is None:
+            raise ValueError(f"data: a {self.kind} stage needs a data block")
+
+    def row_schema(self, split: str) -> str:
+        """The row schema (``data_recipes.schema`` kind) of this stage's ``split`` rows ("train" | "heldout")."""
+        return self.kind
+
+
+@dataclass(frozen=True)
+class SftStageConfig(StageConfig):
+    """``sft``: supervised fine-tuning on chat rows."""
+
+    kind: Literal["sft"] = "sft"
+    trainer_config: ClassVar[str | None] = "trl:SFTConfig"
+
+
+@dataclass(frozen=True)
+class ReasoningStageConfig(StageConfig):
+    """``reasoning``: SFT on assistant turns that reason in ``<think>`` first."""
+
+    kind: Literal["reasoning"] = "reasoning"
+    traces: TracesConfig | None = None
+    """Where the traces come from (default: the recipe's)."""
+    trainer_config: ClassVar[str | None] = "trl:SFTConfig"
+
+    def row_schema(self, split: str) -> str:
+        # held-out rows are graded by prompt + gold, and self-generated traces start from plain prompt rows
+        if split == "heldout" or (self.traces is not None and self.traces.source == "self"):
+            return "sft"
+        return "reasoning"
+
+
+@dataclass(frozen=True)
+class GrpoStageConfig(StageConfig):
+    """``grpo``: GRPO with verifier rewards."""
+
+    kind: Literal["grpo"] = "grpo"
+    verifiers: tuple[VerifierSpec, ...] = ()
+    """Reward terms (any name ``rewards.get_verifier`` resolves, with weight, kwargs, time budget)."""
+    routing_replay: Literal["none", "measure", "replay"] = "none"
+    """Record each MoE layer's expert selections in a scoring pass over every rollout batch and replay them in the
+    update passes of the same batch (``replay``), or only log how many tokens would keep their experts
+    (``measure``); ``routing/agreement`` is logged either way (``align.replay``). (Not on/off: YAML reads those
+    as booleans.)"""
+    group_by_length: bool = True
+    """Every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's compressed
+    attention is not padding-neutral; equal lengths also waste no compute on padding)."""
+    trainer_config: ClassVar[str | None] = "trl:GRPOConfig"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.verifiers:
             raise ValueError("verifiers: a grpo stage needs at least one verifier")
-        if self.kind != "grpo" and self.verifiers:
-            raise ValueError(f"verifiers: only grpo stages take verifiers (this stage is {self.kind})")
-        if self.kind != "grpo" and self.routing_replay != "none":
-            raise ValueError(f"routing_replay: only grpo stages replay routing (this stage is {self.kind})")
-        if self.kind != "reasoning" and self.traces is not None:
-            raise ValueError(f"traces: only reasoning stages take traces (this stage is {self.kind})")
-        if self.kind == "eval":
-            if not self.suites:
-                raise ValueError("suites: an eval stage needs at least one suite")
-            if self.trainer:
-                raise ValueError("trainer: an eval stage trains nothing; remove the trainer block")
-        else:
-            if self.suites or self.compare:
-                raise ValueError(f"suites: only eval stages take suites / compare (this stage is {self.kind})")
-            if self.data is None:
-                raise ValueError(f"data: a {self.kind} stage needs a data block")
+
+
+@dataclass(frozen=True)
+class EvalStageConfig(StageConfig):
+    """``eval``: grade the input model (and earlier stages') on held-out suites; trains nothing."""
+
+    kind: Literal["eval"] = "eval"
+    suites: tuple[SuiteConfig, ...] = ()
+    """The suites to generate and grade."""
+    compare: tuple[str, ...] = ()
+    """Earlier stages (by name) whose final models are graded on the same suites too (what each stage bought); the
+    eval stage's input model is always graded."""
+    needs_data: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.suites:
+            raise ValueError("suites: an eval stage needs at least one suite")
+        if self.trainer:
+            raise ValueError("trainer: an eval stage trains nothing; remove the trainer block")
+
+    def row_schema(self, split: str) -> str:
+        return "eval"
+
+
+# Closed set: stage kind -> its options class (the kind's module in stages/ is stages.STAGES[kind]).
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "sft": SftStageConfig,
+    "reasoning": ReasoningStageConfig,
+    "grpo": GrpoStageConfig,
+    "eval": EvalStageConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -339,8 +394,8 @@ class PipelineConfig:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
         for i, st in enumerate(self.stages):
-            earlier = {s.name for s in self.stages[:i] if s.kind != "eval"}
-            for name in st.compare:
+            earlier = {s.name for s in self.stages[:i] if s.trainer_config is not None}
+            for name in getattr(st, "compare", ()):
                 if name not in earlier:
                     raise ValueError(f"stages[{i}].compare: {name!r} is not an earlier training stage "
                                      f"({', '.join(sorted(earlier)) or 'none'})")
@@ -475,12 +530,21 @@ def build_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    if cls is StageConfig:  # the kind picks the options class
+        kind = data.get("kind")
+        if kind not in STAGE_CONFIGS:
+            raise ConfigError(f"{source}: {where}.kind: {kind!r} is not one of {list(STAGE_CONFIGS)}")
+        cls = STAGE_CONFIGS[kind]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         key_path = f"{where}.{key}" if where else str(key)
         if key not in fields:
+            owners = [k for k, c in STAGE_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            if issubclass(cls, StageConfig) and owners:
+                raise ConfigError(f"{source}: {key_path}: only {'/'.join(owners)} stages take {key!r} (this stage "
+                                  f"is {data.get('kind')})")
             close = difflib.get_close_matches(str(key), list(fields), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"{source}: unknown key {key_path!r}{hint}")
@@ -564,8 +628,6 @@ def _looks_numeric(value: Any) -> bool:
 
 # --------------------------------------------------------------------------------------------- TRL trainer blocks
 
-# Closed set: the TRL config class behind each stage kind (imported lazily; TRL is heavy).
-TRAINER_CONFIG_CLASS: dict[str, str] = {"sft": "trl:SFTConfig", "reasoning": "trl:SFTConfig", "grpo": "trl:GRPOConfig"}
 # Fields align sets itself; a trainer block may not override them.
 OWNED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir"}
 _POSITIVE = {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs"}
@@ -576,19 +638,23 @@ MAX_ROWS = 10_000_000
 """Most rows a ``DataConfig`` may ask a split for (rows are built in memory before training)."""
 
 
-def trainer_fields(kind: str) -> dict[str, dataclasses.Field]:
-    """The dataclass fields of the TRL config class for ``kind``."""
+def trainer_config_class(kind: str) -> type | None:
+    """The TRL config class a ``kind`` stage's ``trainer`` block feeds (None: the kind trains nothing)."""
     import importlib
 
-    mod, _, name = TRAINER_CONFIG_CLASS[kind].partition(":")
-    return {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(mod), name))}
+    spec = STAGE_CONFIGS[kind].trainer_config
+    if spec is None:
+        return None
+    mod, _, name = spec.partition(":")
+    return getattr(importlib.import_module(mod), name)
 
 
 def check_trainer_block(kind: str, block: dict[str, Any], where: str, source: str) -> None:
     """Reject what TRL would silently accept: unknown fields, numbers given as strings, impossible values."""
-    if kind not in TRAINER_CONFIG_CLASS:
+    config_cls = trainer_config_class(kind)
+    if config_cls is None:
         return
-    fields = trainer_fields(kind)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in block.items():
         key_path = f"{where}.{key}"
         if key in OWNED_TRAINER_KEYS:
@@ -596,7 +662,7 @@ def check_trainer_block(kind: str, block: dict[str, Any], where: str, source: st
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{source}: unknown TRL {TRAINER_CONFIG_CLASS[kind]} field {key_path!r}{hint}")
+            raise ConfigError(f"{source}: unknown TRL {config_cls.__name__} field {key_path!r}{hint}")
         default = fields[key].default
         numeric_default = isinstance(default, int | float) and not isinstance(default, bool)
         if numeric_default and isinstance(value, str):

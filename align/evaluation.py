@@ -71,9 +71,7 @@ def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
 
     if cfg.eval.data is not None:
         return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval")
-    # graded by prompt + gold only, so a reasoning stage's held-out rows need no trace
-    kind = "sft" if cfg.kind == "reasoning" else cfg.kind
-    return build_rows(cfg.data, "heldout", ctx.seed, kind) if cfg.data.n_heldout else []
+    return build_rows(cfg.data, "heldout", ctx.seed, cfg.row_schema("heldout")) if cfg.data.n_heldout else []
 
 
 def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:

@@ -16,30 +16,18 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from align import checkpoint
-from align.config import PipelineConfig, RouterPolicy, StageConfig, config_hash, dump_yaml, to_dict
+from align.config import PipelineConfig, StageConfig, config_hash, dump_yaml, to_dict
+from align.stage import StageContext
 
 logger = logging.getLogger(__name__)
 
 
 class PipelineError(RuntimeError):
     """A pipeline-level refusal (hash mismatch without --overwrite, missing input...)."""
-
-
-@dataclass(frozen=True)
-class StageContext:
-    """What a stage needs beyond its own config."""
-
-    run_dir: Path
-    stage_dir: Path
-    init_dir: Path
-    seed: int
-    router: RouterPolicy
-    pipeline: PipelineConfig
 
 
 def stage_dir_name(index: int, stage: StageConfig) -> str:
@@ -104,29 +92,43 @@ def _run_planned(cfg: PipelineConfig, only: str | None, init_from: str | Path | 
     run_dir = cfg.run_dir
     if checkpoint.is_main_process():
         (run_dir / "pipeline.resolved.yaml").write_text(dump_yaml(cfg))
-    stages = plan(cfg, only)
     rows = []
-    for pos, (index, stage) in enumerate(stages):
-        if pos == 0 and init_from is not None:
-            init = Path(init_from)
-            if not (init / "config.json").is_file():
-                raise PipelineError(f"--init-from {init}: not a Hugging Face model directory (no config.json)")
-        elif index == 0:
+    for pos, (index, stage) in enumerate(plan(cfg, only)):
+        source, init = stage_input(cfg, index, init_from if pos == 0 else None)
+        if source == "--init-from" and not (init / "config.json").is_file():
+            raise PipelineError(f"--init-from {init}: not a Hugging Face model directory (no config.json)")
+        if source == "base":
             init = ensure_base(cfg)
-        else:
-            prev = cfg.stages[index - 1]
-            prev_dir = run_dir / stage_dir_name(index - 1, prev)
+        if source.startswith("stage "):
+            prev_index = index - 1
+            prev_dir = run_dir / stage_dir_name(prev_index, cfg.stages[prev_index])
             manifest = checkpoint.read_json(prev_dir / "manifest.json")
             if not manifest or manifest.get("status") != "completed":
                 raise PipelineError(
-                    f"stage {stage.name!r} starts from {prev_dir / 'final'}, which is not complete: run stage "
-                    f"{prev.name!r} first or pass --init-from DIR"
+                    f"stage {stage.name!r} starts from the output of stage {cfg.stages[prev_index].name!r} "
+                    f"({prev_dir}), which is not complete: run that stage first or pass --init-from DIR"
                 )
-            # an eval stage passes its own input on (its final_dir); a training stage its final/
-            init = Path(manifest["final_dir"]) if prev.kind == "eval" else prev_dir / "final"
-        produced_here = not (pos == 0 and init_from is not None) and not (index == 0 and cfg.model.path)
-        rows.append(run_stage(cfg, index, stage, init, overwrite, produced_here))
+        rows.append(run_stage(cfg, index, stage, init, overwrite, input_from_run=source == "base" or
+                              source.startswith("stage ")))
     return rows
+
+
+def stage_input(cfg: PipelineConfig, index: int, init_from: str | Path | None = None) -> tuple[str, Path]:
+    """Where stage ``index`` starts: ``(source, model dir)`` with source ``--init-from``, ``model.path``, ``base``
+    (the preset built into ``<run>/base``) or ``stage <name>`` (the previous stage's output: its manifest's
+    ``final_dir`` once it ran; a stage that trains nothing passes its own input on). The run and ``--dry-run`` both
+    answer from here."""
+    if init_from is not None:
+        return "--init-from", Path(init_from)
+    if index == 0:
+        return ("model.path", Path(cfg.model.path)) if cfg.model.path else ("base", cfg.run_dir / "base")
+    prev = cfg.stages[index - 1]
+    manifest = checkpoint.read_json(cfg.run_dir / stage_dir_name(index - 1, prev) / "manifest.json") or {}
+    if manifest.get("status") == "completed" and manifest.get("final_dir"):
+        return f"stage {prev.name}", Path(manifest["final_dir"])
+    if prev.trainer_config is None:  # an eval stage: its output is its input
+        return f"stage {prev.name}", stage_input(cfg, index - 1)[1]
+    return f"stage {prev.name}", cfg.run_dir / stage_dir_name(index - 1, prev) / "final"
 
 
 def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, overwrite: bool,
@@ -180,7 +182,9 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     if checkpoint.is_main_process():
         checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "running", "started": time.time()},
                                   reserve=True)
-    ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg)
+    earlier = {s.name: stage_input(cfg, i + 1)[1] for i, s in enumerate(cfg.stages[:index])}
+    ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg.monitor, cfg.distributed,
+                       earlier)
     t0 = time.time()
     try:
         result = STAGES[stage.kind](stage, ctx)

@@ -79,11 +79,11 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
     if resume:
         logger.info("resuming from %s", resume)
     if zero_stage() == 3:
-        timeout = ctx.pipeline.distributed.self_test_timeout_s if ctx is not None else 120.0
+        timeout = ctx.distributed.self_test_timeout_s if ctx is not None else 120.0
         trainer.add_callback(ZeroSelfTestCallback(trainer, timeout))
     callback = monitor = None
     if ctx is not None:
-        mon_cfg = ctx.pipeline.monitor
+        mon_cfg = ctx.monitor
         if mon_cfg.port is not None and is_main_process():
             from align.monitor import Monitor
 
@@ -208,7 +208,7 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
                  metrics: dict[str, Any], extra: dict[str, Any]) -> Any:
     """Finalize to ``final/`` (plain HF dir, LoRA merged), grade the held-out rows with it, build the StageResult."""
     from align import checkpoint, evaluation, modeling
-    from align.checkpoint import StageResult
+    from align.stage import StageResult
 
     final = checkpoint.finalize_trained(trainer, tok, ctx)
     if not checkpoint.is_main_process():  # rank 0 grades and writes; the others wait at the pipeline's barrier

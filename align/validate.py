@@ -190,20 +190,18 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
     _check_trainer(cfg, stage, where, problems)
 
     names: dict[str, str] = {}  # verifier spec -> where it is named
-    for i, spec in enumerate(stage.verifiers):
+    for i, spec in enumerate(getattr(stage, "verifiers", ())):
         names.setdefault(spec.name, f"{where}.verifiers[{i}].name")
-    if stage.traces is not None:
+    if getattr(stage, "traces", None) is not None:
         for i, name in enumerate(stage.traces.verifiers):
             names.setdefault(name, f"{where}.traces.verifiers[{i}]")
-    for i, suite in enumerate(stage.suites):
+    for i, suite in enumerate(getattr(stage, "suites", ())):
         if suite.verifier:
             names.setdefault(suite.verifier, f"{where}.suites[{i}].verifier")
 
     if stage.data is not None:
-        source = stage.traces.source if stage.traces else "recipe"
-        kind = "sft" if stage.kind == "reasoning" and source == "self" else stage.kind
         limit = token_limit(stage.kind, stage.trainer, facts["max_positions"] if facts else None)
-        blocks = [("train", stage.data, kind), ("heldout", stage.data, "sft" if kind == "reasoning" else kind)]
+        blocks = [("train", stage.data, stage.row_schema("train")), ("heldout", stage.data, stage.row_schema("heldout"))]
         if stage.eval.data is not None:
             blocks[1] = ("heldout", stage.eval.data, "eval")
         for split, data, row_kind in blocks:
@@ -271,13 +269,11 @@ def _check_trainer(cfg: PipelineConfig, stage: StageConfig, where: str, problems
                 f" x {world} process(es)); TRL needs whole prompt groups in every batch")
     if world > 1 or zero_stage() is not None:
         return
-    import importlib
-
-    from align.config import TRAINER_CONFIG_CLASS
+    from align.config import trainer_config_class
     from align.training import trainer_defaults
 
-    mod, _, name = TRAINER_CONFIG_CLASS[stage.kind].partition(":")
-    config_cls = getattr(importlib.import_module(mod), name)
+    config_cls = trainer_config_class(stage.kind)
+    name = config_cls.__name__
     extra: dict[str, Any] = {}
     if stage.kind == "grpo":
         from stages.grpo import GRPO_DEFAULTS

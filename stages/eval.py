@@ -20,7 +20,8 @@ from collections import defaultdict
 from typing import Any
 
 from align import evaluation, modeling
-from align.checkpoint import StageResult
+from align.config import EvalStageConfig
+from align.stage import StageContext, StageResult
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError
 from data_recipes.suites import SUITES
@@ -107,19 +108,16 @@ def grade_model(model_dir: Any, cfg: Any, seed: int) -> dict[str, Any]:
     return out
 
 
-def run(cfg: Any, ctx: Any) -> StageResult:
+def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
     """Grade the input model (and the ``compare`` stages' final models) on every suite; trains nothing."""
     from align.checkpoint import is_main_process
-    from align.pipeline import stage_dir_name
 
     if not is_main_process():  # one rank grades; the others wait at the pipeline's barrier
         return StageResult(final_dir=ctx.init_dir, steps=0, metrics={}, extra={})
     suites = grade_model(ctx.init_dir, cfg, ctx.seed)
     by_stage: dict[str, Any] = {}
-    names = [s.name for s in ctx.pipeline.stages]
     for name in cfg.compare:
-        index = names.index(name)
-        final = ctx.run_dir / stage_dir_name(index, ctx.pipeline.stages[index]) / "final"
+        final = ctx.final_dir_of(name)
         if not (final / "config.json").is_file():
             logger.warning("eval: stage %s has no final model at %s; not compared", name, final)
             continue

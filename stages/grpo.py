@@ -44,8 +44,9 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from align import evaluation, training
-from align.checkpoint import StageResult
+from align.config import GrpoStageConfig
 from align.lora import wrap_lora
+from align.stage import StageContext, StageResult
 from align.validate import fit_rows, token_limit
 from data_recipes import build_rows
 from rewards.think_format import template_prefills_think
@@ -65,7 +66,7 @@ GRPO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def run(cfg: Any, ctx: Any) -> StageResult:
+def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     """Run the GRPO stage ``cfg`` in ``ctx``; returns the finalized result."""
     from datasets import Dataset
     from trl import GRPOConfig

@@ -19,7 +19,8 @@ import logging
 from typing import Any
 
 from align import evaluation, training
-from align.checkpoint import StageResult
+from align.config import ReasoningStageConfig
+from align.stage import StageContext, StageResult
 from data_recipes import DataError, build_rows
 from rewards.grading import grade_rows
 
@@ -50,12 +51,12 @@ def sample_accepted_traces(model: Any, tok: Any, rows: list[dict[str, Any]], tra
     return accepted, stats
 
 
-def run(cfg: Any, ctx: Any) -> StageResult:
+def run(cfg: ReasoningStageConfig, ctx: StageContext) -> StageResult:
     """Run the reasoning stage ``cfg`` in ``ctx``; returns the finalized result."""
     source = cfg.traces.source if cfg.traces else "recipe"
 
     # data: recipe rows (their assistant turns carry traces when source=recipe; only prompts are used when self)
-    rows = build_rows(cfg.data, "train", ctx.seed, "sft" if source == "self" else cfg.kind)
+    rows = build_rows(cfg.data, "train", ctx.seed, cfg.row_schema("train"))
     heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: the input model (also the sampler for self-generated traces)

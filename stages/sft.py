@@ -15,13 +15,14 @@ import logging
 from typing import Any
 
 from align import evaluation, training
-from align.checkpoint import StageResult
+from align.config import SftStageConfig
+from align.stage import StageContext, StageResult
 from data_recipes import build_rows
 
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: Any, ctx: Any) -> StageResult:
+def run(cfg: SftStageConfig, ctx: StageContext) -> StageResult:
     """Run the SFT stage ``cfg`` (a StageConfig) in ``ctx`` (a StageContext); returns the finalized result."""
     # data: train rows for the trainer, held-out rows for grading (disjoint by construction)
     train_rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
