@@ -130,6 +130,7 @@ pool.map({str(slow) + ":verify"!r}, [("1", "1", {{}})] * 2, timeout=900)
     assert not alive, "verifier workers outlived their killed parent"
 
 
+@pytest.mark.slow
 def test_full_disk_fails_the_stage_in_one_line_and_marks_it_failed(tmp_path):
     """A 4 MiB tmpfs (in a private mount namespace) holds the base model but not the first checkpoint."""
     if not shutil.which("unshare"):

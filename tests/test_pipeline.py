@@ -78,9 +78,8 @@ def test_chain_sft_reasoning_grpo(smoke_run):
 
 def test_rerun_skips_and_changed_config_refuses(smoke_run):
     cfg, out, _ = smoke_run
-    t0 = time.time()
     rows = run_pipeline(cfg)
-    assert all(r["skipped"] for r in rows) and time.time() - t0 < 15
+    assert all(r["skipped"] for r in rows)
     changed = load_config(SMOKE, [f"output_dir={out}", "stages.sft.trainer.learning_rate=1e-3"])
     with pytest.raises(PipelineError, match="different config"):
         run_pipeline(changed)
@@ -117,6 +116,7 @@ def _complete_ckpts(stage: Path) -> list[Path]:
     return sorted(stage.glob("checkpoint-*/align_complete.json"))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stage_then_resume(tmp_path):
     args = [str(SMOKE), "--only", "sft", f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=400", "stages.sft.trainer.save_steps=20",
             "stages.sft.trainer.per_device_train_batch_size=8", "stages.sft.data.n_train=4000"]
@@ -167,6 +167,7 @@ def test_truncated_checkpoint_is_skipped_not_fatal(tmp_path):
     assert not rows[0]["skipped"] and rows[0]["steps"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-qwen3-moe", "tiny-mixtral"])
 def test_other_presets_train(tmp_path, preset):
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", f"model.preset={preset}", "stages.sft.trainer.max_steps=6"])
@@ -195,6 +196,7 @@ def test_lora_on_experts_router_attention_is_merged(tmp_path):
     assert not any("embed_tokens" in k or "compressor" in k or "norm" in k for k in changed), changed
 
 
+@pytest.mark.slow
 def test_ablation_shares_upstream_stages_and_compares(tmp_path):
     from align.ablation import split_values, variants
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import torch
 
 from align import evaluation, modeling
+from align.config import load_config
+from tests.conftest import SMOKE
 
 
 def test_left_padding_moves_deepseek_v4_logits_and_generate_avoids_it(tmp_path):
@@ -27,3 +32,11 @@ def test_left_padding_moves_deepseek_v4_logits_and_generate_avoids_it(tmp_path):
     # num_return_sequences stays grouped per prompt
     multi = evaluation.generate(model, tok, prompts, 4, 8, do_sample=True, num_return_sequences=3)
     assert len(multi) == 12
+
+
+def test_eval_data_is_graded_instead_of_the_stage_data():
+    cfg = load_config(SMOKE, ["stages.sft.eval.data={sources: [{recipe: chain}], n_train: 1, n_heldout: 7}"]).stage("sft")
+    rows = evaluation.heldout_rows(cfg, SimpleNamespace(seed=0))
+    assert len(rows) == 7
+    assert all(re.fullmatch(r"\d([+-]\d){2,4}=", r["prompt"][0]["content"]) for r in rows)  # chain problems
+    assert len(evaluation.heldout_rows(load_config(SMOKE).stage("sft"), SimpleNamespace(seed=0))) == 32

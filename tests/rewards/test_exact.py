@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from rewards import get_verifier
@@ -35,9 +33,8 @@ exact = get_verifier("exact")
         ("{" * 50_000, "42", "wrong"),
     ],
 )
+@pytest.mark.timeout(30)  # a hang guard for the pathological inputs, not a speed claim (bench/verifiers.py)
 def test_exact_table(completion, gold, status):
-    t0 = time.time()
     v = exact(completion, gold)
     assert v.status == status, v
     assert v.score == (1.0 if status == "ok" else 0.0)
-    assert time.time() - t0 < 1.0

@@ -92,10 +92,7 @@ def test_data_errors_are_errors_not_random_thresholds(meta):
     assert inst("some text", "", meta=meta).status == "error"
 
 
+@pytest.mark.timeout(60)  # a hang guard, not a speed claim
 def test_huge_input_is_bounded():
-    import time
-
-    t0 = time.time()
     meta = {"instructions": [{"id": i, "kwargs": k} for i, k, _, _ in CASES]}
-    inst("word, " * 400_000, "", meta=meta)
-    assert time.time() - t0 < 5
+    assert inst("word, " * 400_000, "", meta=meta).status in ("ok", "wrong")

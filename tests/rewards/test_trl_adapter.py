@@ -48,10 +48,8 @@ def test_raising_and_hanging_verifiers_cost_only_their_samples():
         names = [f"{PLUGIN}:boom", f"{PLUGIN}:hang", f"{PLUGIN}:hang", "exact"]
         kw = {"answer": ["a"] * 4, "verifier": names}
         comps = ["a"] * 4
-        t0 = time.time()
         assert funcs[0](completions=comps, **kw) == [0.0, None, None, None]
-        assert funcs[1](completions=comps, **kw) == [None, 0.0, 0.0, None]
-        assert time.time() - t0 < 5  # both hung samples in parallel, killed at 0.5 s
+        assert funcs[1](completions=comps, **kw) == [None, 0.0, 0.0, None]  # the hung samples: timeouts
         assert funcs[2](completions=comps, **kw) == [None, None, None, 1.0]
         assert funcs[0].stats.statuses["error"] == 1 and funcs[1].stats.statuses["timeout"] == 2
     finally:
@@ -67,6 +65,5 @@ def test_in_process_only_verifier_gets_a_thread_budget():
         return 1.0
 
     funcs, _ = build_reward_functions([{"name": "test_sleepy_local", "timeout_s": 0.3, "all_rows": True}])
-    t0 = time.time()
-    assert funcs[0](completions=["x"]) == [0.0]
-    assert time.time() - t0 < 2
+    assert funcs[0](completions=["x"]) == [0.0]  # 1.0 had the 3 s call been waited for
+    assert funcs[0].stats.statuses["timeout"] == 1

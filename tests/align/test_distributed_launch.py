@@ -12,6 +12,8 @@ import torch
 
 from tests.conftest import REPO, SMOKE
 
+pytestmark = pytest.mark.slow  # multi-process runs: the full tier only
+
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("launch,preset", [("zero3", "tiny-deepseek-v4"), ("zero2", "tiny-qwen3-moe"),

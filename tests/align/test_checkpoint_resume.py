@@ -1,6 +1,6 @@
 """Resume restores exactly what was saved: a resumed stage equals the uninterrupted one, step for step and weight for
 weight, on the default DeepSeek-V4 preset, Qwen3-MoE and Mixtral (single process; ZeRO-3 is in
-tests/distributed/test_zero3.py). Fails without ``checkpoint.load_checkpoint_weights``: the Trainer's own resume
+tests/align/test_distributed_zero3.py). Fails without ``checkpoint.load_checkpoint_weights``: the Trainer's own resume
 matched no DeepSeek-V4 key and trained on from the input model."""
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _mark_interrupted(stage: Path) -> None:
     shutil.rmtree(stage / "final")
 
 
-@pytest.mark.parametrize("preset", ["tiny-deepseek-v4", "tiny-qwen3-moe", "tiny-mixtral"])
+@pytest.mark.parametrize("preset", ["tiny-deepseek-v4", pytest.param("tiny-qwen3-moe", marks=pytest.mark.slow),
+                                    pytest.param("tiny-mixtral", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted_run(tmp_path, preset):
     _run(tmp_path / "a", preset)
     _run(tmp_path / "b", preset)

@@ -1,4 +1,4 @@
-"""retrieval (normalised exact match) and the shaping rewards."""
+"""retrieval: normalised exact match of the needle after the reasoning."""
 
 from __future__ import annotations
 
@@ -27,19 +27,3 @@ ret = get_verifier("retrieval")
 )
 def test_retrieval_table(completion, status):
     assert ret(completion, "Blue-Falcon-7").status == status
-
-
-def test_overlong_penalty_is_linear_in_the_buffer():
-    ov = get_verifier("overlong")
-    assert ov("x" * 80, "", max_len=100, buffer=20).score == 0.0
-    assert ov("x" * 90, "", max_len=100, buffer=20).score == pytest.approx(-0.5)
-    assert ov("x" * 500, "", max_len=100, buffer=20).score == -1.0
-    assert ov("x", "", max_len=100, buffer=20, completion_length=95).score == pytest.approx(-0.75)
-    assert ov("x", "", max_len=10, buffer=20).status == "error"
-
-
-def test_repetition_penalty():
-    rep = get_verifier("repetition")
-    assert rep("the quick brown fox jumps over the lazy dog", "").score == 0.0
-    assert rep("again " * 100, "").score < -0.9
-    assert -1.0 <= rep("ab" * 100_000, "").score <= 0.0

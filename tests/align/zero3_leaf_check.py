@@ -1,6 +1,6 @@
 """Run on 2 processes (torchrun): a model under DeepSpeed ZeRO-3, then align's start-up self-test.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/zero3_leaf_check.py MODEL [--no-leaf]
+    python -m torch.distributed.run --nproc_per_node 2 tests/align/zero3_leaf_check.py MODEL [--no-leaf]
 
 MODEL is ``modulelist`` (a per-expert ``nn.ModuleList`` MoE, the pre-v5 transformers layout that only runs the
 experts a rank's tokens chose) or a preset name (``tiny-deepseek-v4``, ``tiny-qwen3-moe``, ``tiny-mixtral``).

@@ -15,7 +15,9 @@ import torch
 
 from tests.conftest import REPO, SMOKE
 
-CHECK = REPO / "tests" / "distributed" / "zero3_leaf_check.py"
+pytestmark = pytest.mark.slow  # multi-process runs: the full tier only
+
+CHECK = REPO / "tests" / "align" / "zero3_leaf_check.py"
 
 
 def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -35,7 +37,7 @@ def test_leaf_modules_found_structurally_on_every_architecture(tmp_path):
     from deepspeed.utils import z3_leaf_module
 
     from align import modeling, moe
-    from tests.distributed.zero3_leaf_check import modulelist_model
+    from tests.align.zero3_leaf_check import modulelist_model
 
     expected = {"tiny-deepseek-v4": "DeepseekV4SparseMoeBlock", "tiny-qwen3-moe": "Qwen3MoeSparseMoeBlock",
                 "tiny-mixtral": "MixtralSparseMoeBlock"}
@@ -111,10 +113,8 @@ def test_self_test_turns_a_hang_into_a_clear_exit(tmp_path):
         "    def __call__(self, **kw):\n"
         "        time.sleep(60)\n"
         "distributed.zero3_self_test(Engine(), timeout_s=2)\n")
-    t0 = time.time()
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50, cwd=REPO)
-    assert proc.returncode == 3
-    assert time.time() - t0 < 40
+    assert proc.returncode == 3  # the watchdog ended it: the forward sleeps 60 s, the subprocess timeout is 50 s
     assert "did not finish in 2 s" in proc.stderr and "Remedy" in proc.stderr
 
 

@@ -1,0 +1,74 @@
+"""Mixtures and local files: weights, dedup, filters, file formats; bad rows named by number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.config import DataConfig, SourceConfig
+from data_recipes import DataError, build_rows
+
+
+def test_malformed_jsonl_row_is_refused_with_its_number(tmp_path):
+    p = tmp_path / "d.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "yo"}]}
+    p.write_text(json.dumps(good) + "\n\n" + json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    data = DataConfig(sources=(SourceConfig(path=str(p)),), n_train=2, n_heldout=0)
+    with pytest.raises(DataError) as exc:
+        build_rows(data, "train", 0, "sft")
+    assert str(p) in str(exc.value) and "row 3 (line 4)" in str(exc.value) and "robot" in str(exc.value)
+    p.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DataError, match="line 2, column 2: invalid JSON"):
+        build_rows(data, "train", 0, "sft")
+
+
+def test_jsonl_answers_stay_strings(tmp_path):
+    # datasets would turn "007" into 7 and "1e3" into 1000.0 in a mixed column; we keep the text
+    p = tmp_path / "g.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "answer": a, "verifier": "exact"}
+            for i, a in enumerate(["007", "1e3", "null", "5"] * 50)]
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    data = DataConfig(sources=(SourceConfig(path=str(p)),), n_train=150, n_heldout=10, heldout_fraction=0.2)
+    got = build_rows(data, "train", 0, "grpo")
+    assert {r["answer"] for r in got} == {"007", "1e3", "null", "5"}
+    held = build_rows(data, "heldout", 0, "grpo")
+    assert not {r["prompt"][0]["content"] for r in got} & {r["prompt"][0]["content"] for r in held}
+
+
+def test_mixture_weights_dedup_and_length_filter(tmp_path, caplog):
+    p = tmp_path / "dup.jsonl"
+    row = {"messages": [{"role": "user", "content": "same"}, {"role": "assistant", "content": "x"}]}
+    p.write_text("\n".join(json.dumps(row) for _ in range(40)))
+    data = DataConfig(
+        sources=(SourceConfig(recipe="arithmetic", weight=3.0, kwargs={"digits": 2}), SourceConfig(path=str(p))),
+        n_train=40, n_heldout=0, heldout_fraction=0.01,
+    )
+    with caplog.at_level("INFO"):
+        rows = build_rows(data, "train", 0, "sft")
+    assert len(rows) == 30 + 1  # 30 arithmetic rows, 10 identical file rows deduplicated to 1
+    assert "9 exact duplicates dropped" in caplog.text
+    short = DataConfig(sources=(SourceConfig(recipe="arithmetic", kwargs={"digits": 3}),), n_train=50, n_heldout=0, max_chars=10)
+    with pytest.raises(DataError, match="empty"):
+        build_rows(short, "train", 0, "sft")
+
+
+def test_parquet_and_saved_datasets_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    for path in (tmp_path / "d.parquet", tmp_path / "ds"):
+        data = DataConfig(sources=(SourceConfig(path=str(path)),), n_train=40, n_heldout=0, heldout_fraction=0.1)
+        got = build_rows(data, "train", 0, "sft")
+        assert 30 < len(got) <= 40 and all(r["messages"][1]["content"].startswith("a") for r in got)
+    bad = [{"messages": [{"role": "user", "content": "x"}]}]  # no assistant turn
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="bad.parquet: row 1: the last message must be the assistant"):
+        build_rows(DataConfig(sources=(SourceConfig(path=str(tmp_path / "bad.parquet")),), n_train=1, n_heldout=0),
+                   "train", 0, "sft")
