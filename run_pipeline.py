@@ -19,9 +19,19 @@ import logging
 import os
 import sys
 
+SUBCOMMANDS = {
+    "report": "regenerate a run folder's report.md and plots (align report runs/<name>)",
+    "ablate": "run config variants and compare them in one report (align ablate x.yaml --vary key=v1,v2)",
+    "plan": "per-GPU memory of a training stage, runs nothing (align plan --model deepseek-v3 --gpus 64 --zero 3)",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="align", description="Staged post-training for MoE language models.")
+    epilog = "subcommands (run `align <subcommand> --help`):\n" + "\n".join(
+        f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items())
+    p = argparse.ArgumentParser(prog="align", description="Staged post-training for MoE language models: run every "
+                                "stage of a pipeline YAML (or one), resumably.", epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="pipeline YAML (default: configs/default.yaml)")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides; stages by name: stages.sft.trainer.max_steps=10")
     p.add_argument("--only", metavar="STAGE", help="run only this stage (by name)")
@@ -40,7 +50,9 @@ def report_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="align report", description="Regenerate a run folder's report.md and plots.")
     p.add_argument("run_dir")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from align.console import setup_logging
+
+    setup_logging()
     from align.report import write_report
 
     try:
@@ -59,7 +71,9 @@ def ablate_main(argv: list[str]) -> int:
                    help="a key and its values (repeatable; variants = every combination)")
     p.add_argument("--dry-run", action="store_true", help="list the variants; run nothing")
     args = p.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from align.console import setup_logging
+
+    setup_logging()
     from align.ablation import run_ablation, variants
     from align.config import ConfigError
     from align.pipeline import PipelineError
@@ -92,10 +106,10 @@ def plan_main(argv: list[str]) -> int:
     p.add_argument("--rollout-sequences", type=int, default=8, help="sequences generated at once per GPU")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import warnings
+    from align.console import setup_logging
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    setup_logging()
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
     from align.planner import format_plan, plan
 
     try:
@@ -153,28 +167,35 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "ablate":
         return ablate_main(argv[1:])
     args = build_parser().parse_intermixed_args(argv)  # overrides may come after options too
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from align.console import add_run_log, setup_logging
+
+    setup_logging(args.verbose)
     # a positional "key=value" given first is an override, not a config path
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
 
     if args.list_stages:
-        from stages import STAGES
+        from align.config import STAGE_CONFIGS
 
-        print("\n".join(STAGES))
+        for kind, cls in STAGE_CONFIGS.items():
+            print(f"{kind:<10} {(cls.__doc__ or '').strip().splitlines()[0].split(': ', 1)[-1]}")
         return 0
     if args.list_verifiers:
-        from rewards import list_verifiers
+        from rewards import get_verifier, list_verifiers
 
         for name, origin in list_verifiers():
-            print(f"{name:<16} {origin}")
+            try:
+                v = get_verifier(name)
+                doc = ((v.fn.__doc__ or "").strip().splitlines() or [""])[0]
+                runs = v.runs
+            except Exception as exc:  # noqa: BLE001 - e.g. the code sandbox unavailable here: say so on its line
+                doc, runs = f"unavailable here: {str(exc).splitlines()[0][:80]}", "-"
+            print(f"{name:<14} {runs:<7} {doc}  [{origin}]")
         return 0
 
     from align.config import dump_yaml, load_config
-    from align.distributed import world_size
+    from align.distributed import is_main_process, world_size
     from align.pipeline import format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name, stage_input
 
     try:
@@ -183,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.zero is not None:
             args.overrides.append(f"distributed.zero={args.zero}")
         cfg = load_config(args.config, args.overrides)
+        if not args.dry_run and is_main_process():
+            add_run_log(cfg.run_dir)
         if args.dry_run:
             print(dump_yaml(cfg))
             print(f"# plan (run folder {cfg.run_dir}):")
@@ -207,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in one_line(exc).splitlines():
             logging.getLogger("align").error("%s", line)
         return 2
-    from align.checkpoint import is_main_process
     from align.distributed import shutdown
 
     shutdown()
@@ -215,10 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(format_table(rows))
-    if args.only is None:
-        from align.report import write_report
+    from align.report import write_report
 
-        print(f"report: {write_report(cfg.run_dir)}")
+    print(f"report: {write_report(cfg.run_dir)}")
     print(f"\nrun folder: {cfg.run_dir}")
     return 0
 

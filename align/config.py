@@ -513,10 +513,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw = parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    for item in overrides:
+    if not overrides:
+        return build_config(raw, str(path))
+    import copy
+
+    build_config(copy.deepcopy(raw), str(path))  # the file alone: its own errors name the file
+    for item in overrides:  # then each override in turn: an error it introduces names the override
         keys, value = parse_override(item)
         apply_override(raw, keys, value, f"{path} (override {item!r})")
-    return build_config(raw, str(path))
+        try:
+            cfg = build_config(copy.deepcopy(raw), f"{path} (override {item!r})")
+        except ConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    return cfg
 
 
 def build_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:

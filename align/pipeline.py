@@ -93,7 +93,9 @@ def _run_planned(cfg: PipelineConfig, only: str | None, init_from: str | Path | 
     if checkpoint.is_main_process():
         (run_dir / "pipeline.resolved.yaml").write_text(dump_yaml(cfg))
     rows = []
-    for pos, (index, stage) in enumerate(plan(cfg, only)):
+    planned = plan(cfg, only)
+    progress = Progress(planned)
+    for pos, (index, stage) in enumerate(planned):
         source, init = stage_input(cfg, index, init_from if pos == 0 else None)
         if source == "--init-from" and not (init / "config.json").is_file():
             raise PipelineError(f"--init-from {init}: not a Hugging Face model directory (no config.json)")
@@ -108,9 +110,77 @@ def _run_planned(cfg: PipelineConfig, only: str | None, init_from: str | Path | 
                     f"stage {stage.name!r} starts from the output of stage {cfg.stages[prev_index].name!r} "
                     f"({prev_dir}), which is not complete: run that stage first or pass --init-from DIR"
                 )
-        rows.append(run_stage(cfg, index, stage, init, overwrite, input_from_run=source == "base" or
-                              source.startswith("stage ")))
+        progress.banner(pos, stage, init)
+        row = run_stage(cfg, index, stage, init, overwrite, input_from_run=source == "base" or
+                        source.startswith("stage "))
+        progress.done(pos, stage, row)
+        rows.append(row)
     return rows
+
+
+def planned_steps(stage: StageConfig) -> int | None:
+    """The optimizer steps a stage will take when its trainer block says (``max_steps``), else None."""
+    steps = stage.trainer.get("max_steps")
+    if steps is None and stage.kind == "grpo":
+        from stages.grpo import GRPO_DEFAULTS
+
+        steps = GRPO_DEFAULTS.get("max_steps")
+    return steps if isinstance(steps, int) and steps > 0 else None
+
+
+class Progress:
+    """Stage banners, a result line per stage, and the pipeline's ETA from the step times measured so far."""
+
+    def __init__(self, planned: list[tuple[int, StageConfig]]) -> None:
+        self.planned, self.t0 = planned, time.time()
+        self.sec_per_step: dict[str, float] = {}  # by stage kind, from stages that ran in this invocation
+        self.sec_fixed: dict[str, float] = {}  # stages without steps (eval): their wall time
+
+    def banner(self, pos: int, stage: StageConfig, init: Path) -> None:
+        steps = planned_steps(stage)
+        what = (f"{steps:,} steps" if steps else "train epochs" if stage.trainer_config else
+                f"{len(getattr(stage, 'suites', ()))} suites")
+        logger.info("==== stage %d/%d: %s (%s), %s, from %s", pos + 1, len(self.planned), stage.name, stage.kind, what,
+                    init)
+
+    def done(self, pos: int, stage: StageConfig, row: dict[str, Any]) -> None:
+        if row["skipped"]:
+            logger.info("==== stage %d/%d: %s unchanged since it ran: skipped (%s)", pos + 1, len(self.planned),
+                        stage.name, describe_result(row))
+        else:
+            wall, steps = row.get("wall_time_s") or 0.0, row.get("steps") or 0
+            if steps:
+                self.sec_per_step[stage.kind] = wall / steps
+            else:
+                self.sec_fixed[stage.kind] = wall
+            logger.info("==== stage %d/%d: %s done in %.0f s: %s; model: %s", pos + 1, len(self.planned), stage.name,
+                        wall, describe_result(row), row.get("final_dir"))
+        left = self.planned[pos + 1 :]
+        if not left:
+            logger.info("==== pipeline: %d stage(s) in %.0f s", len(self.planned), time.time() - self.t0)
+            return
+        eta, known = 0.0, True
+        for _, s in left:
+            steps = planned_steps(s)
+            rate = self.sec_per_step.get(s.kind) or (next(iter(self.sec_per_step.values()), None) if steps else None)
+            if steps and rate:
+                eta += steps * rate
+            elif not steps and s.kind in self.sec_fixed:
+                eta += self.sec_fixed[s.kind]
+            else:
+                known = False
+        logger.info("==== pipeline: %d/%d stages done, %.0f s elapsed; %s", pos + 1, len(self.planned),
+                    time.time() - self.t0, f"about {eta:.0f} s left (measured step times)" if known and eta else
+                    "time left unknown until a stage of each kind has run")
+
+
+def describe_result(row: dict[str, Any]) -> str:
+    """``held-out 0.297 -> 0.823 (n=300)``, or what a stage without a held-out split did."""
+    after, before = row.get("heldout_accuracy"), row.get("heldout_accuracy_before")
+    if after is None:
+        return f"{row.get('steps') or 0} steps, no held-out split"
+    text = f"held-out {before:.3f} -> {after:.3f}" if before is not None else f"held-out {after:.3f}"
+    return f"{text} (n={row.get('heldout_n')})"
 
 
 def stage_input(cfg: PipelineConfig, index: int, init_from: str | Path | None = None) -> tuple[str, Path]:
@@ -247,6 +317,7 @@ def _summary(stage: StageConfig, manifest: dict[str, Any], skipped: bool) -> dic
         "heldout_n": metrics.get("heldout_n"), "skipped": skipped,
         "by_verifier": metrics.get("heldout_by_verifier") or {},
         "by_verifier_before": metrics.get("heldout_by_verifier_before") or {},
+        "final_dir": manifest.get("final_dir"),
     }
 
 
@@ -262,7 +333,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         for name, v in r.get("by_verifier", {}).items():
             b = r.get("by_verifier_before", {}).get(name)
             tasks.append(f"{name} {v['accuracy']:.3f}" + (f" ({b['accuracy']:.3f})" if b else "") + f" {v['n']}")
-        note = "skipped (unchanged)" if r["skipped"] else ("; ".join(tasks) if len(tasks) > 1 else "")
+        note = ("; ".join(tasks) if len(tasks) > 1 else "") + (" [skipped: unchanged]" if r["skipped"] else "")
         lines.append(
             f"{r['stage']:<12} {r['kind']:<10} {r['steps'] if r['steps'] is not None else '-':>6} "
             f"{r['wall_time_s'] if r['wall_time_s'] is not None else '-':>8} {acc:>13} {before:>9} "

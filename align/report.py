@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,35 @@ def _plot_accuracy(train: list[dict[str, Any]], out: Path) -> str | None:
     return _save(fig, out / "accuracy_by_stage.png")
 
 
+def model_label(model_dir: str | Path | None) -> str:
+    """A model's name in tables and plots: the stage that wrote it (``runs/x/02_grpo/final`` -> ``grpo``), ``base``,
+    or the directory's name for a model from outside the run."""
+    if not model_dir:
+        return "input"
+    path = Path(model_dir)
+    if path.name == "final" and re.match(r"^\d+_", path.parent.name):
+        return re.sub(r"^\d+_", "", path.parent.name)
+    return path.name
+
+
 def _graded_models(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """model label -> {suite: result} for an eval manifest (compared stages, then the eval's input)."""
+    """model label -> {suite: result} for an eval manifest (compared stages, then the eval's input, by the name of
+    the stage that wrote it)."""
     met = ev.get("metrics", {})
-    return {**met.get("by_stage", {}), f"input of {ev['stage']}": met.get("suites", {})}
+    by_stage = dict(met.get("by_stage", {}))
+    label = model_label(ev.get("input_model"))
+    return {**by_stage, (label if label not in by_stage else f"{label} (input)"): met.get("suites", {})}
+
+
+def _flat_message(ax: Any, values: list[float], what: str) -> bool:
+    """When every value is the same, say so on the axes instead of drawing lines on top of each other."""
+    if len(set(round(v, 6) for v in values)) > 1:
+        return False
+    ax.text(0.5, 0.5, f"every {what} is {values[0]:.3f}:\nnothing varies to plot", ha="center", va="center",
+            transform=ax.transAxes, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return True
 
 
 def _plot_suites(ev: dict[str, Any], out: Path) -> str | None:
@@ -119,13 +145,15 @@ def _plot_depth(ev: dict[str, Any], out: Path) -> str | None:
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.set_title("Retrieval accuracy by needle depth (position bias)")
+    if _flat_message(ax, [v for _, _, by_depth in curves for v in by_depth.values()], "accuracy at every depth"):
+        return _save(fig, out / f"needle_by_depth_{ev['stage']}.png")
     for label, suite, by_depth in curves:
         ds = sorted(by_depth, key=float)
         ax.plot([100 * float(d) for d in ds], [by_depth[d] for d in ds], marker="o", label=f"{suite}: {label}")
     ax.set_xlabel("needle depth in the context (%)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Retrieval accuracy by needle depth (position bias)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, out / f"needle_by_depth_{ev['stage']}.png")

@@ -25,7 +25,7 @@ def trainer_defaults(stage_dir: Path, seed: int) -> dict[str, Any]:
     return {
         "output_dir": str(stage_dir),
         **device_args(),
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,  # transformers 5's name (gradient_checkpointing is deprecated)
         "report_to": "none",
         "logging_steps": 10,
         "save_steps": 100,
@@ -70,11 +70,17 @@ def train(trainer: Any, stage_dir: Path, ctx: Any = None) -> Any:
     callback (``align.telemetry``; its summary lands in ``trainer.moe_summary`` for the manifest), and the live
     ``/stats`` monitor serves while training when ``monitor.port`` is set (main process only).
     """
+    from transformers.trainer_callback import ProgressCallback
+
     from align import modeling
     from align.checkpoint import is_main_process, last_complete_checkpoint
+    from align.console import quiet_progress_callback
     from align.distributed import zero_stage
     from align.moe import is_moe
 
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)  # the bar stays; the per-step dicts go to the run log
+        trainer.add_callback(quiet_progress_callback())
     resume = last_complete_checkpoint(stage_dir)
     if resume:
         logger.info("resuming from %s", resume)

@@ -11,8 +11,9 @@ batched, ``**kwargs``-tolerant, one float or ``None`` ("does not apply to this r
   knows), with the spec's per-sample budget (``timeout_s``; default: the verifier's own).
 - Errors: an exception, a crash or a timeout becomes that sample's status with score 0 — never an exception in the
   trainer (TRL calls reward functions without error handling; one exception would end the run).
-- Logging: success rate and status fractions per verifier go to TRL's ``log_metric`` (apart from the shaped score,
-  which TRL logs itself), and accumulate in ``stats`` for the manifest.
+- Logging: per verifier and batch, the fraction of the rows it scored that ended in each status
+  (``verifiers/<name>/<status>_frac_of_scored``; ``ok`` is the success rate) goes to TRL's ``log_metric`` — every
+  status every batch, so the logged fractions add up to 1 — and counts accumulate in ``stats`` for the manifest.
 """
 
 from __future__ import annotations
@@ -111,11 +112,12 @@ class RewardFunction:
         self.stats.add(verdicts)
         log_metric: Callable[[str, float], None] | None = kwargs.get("log_metric")
         if log_metric is not None and verdicts:
+            # Every status every batch, zeros included, all over the same denominator (the rows this verifier
+            # scored in the batch): TRL averages each key over the batches that logged it, so a status logged only
+            # when present made the averaged rates disagree (think_format "success 0.81" next to "wrong 0.63").
             counts = Counter(v.status for v in verdicts)
-            log_metric(f"verifiers/{self.__name__}/success_rate", counts["ok"] / len(verdicts))
-            for status in STATUSES[1:]:
-                if counts[status]:
-                    log_metric(f"verifiers/{self.__name__}/{status}_rate", counts[status] / len(verdicts))
+            for status in STATUSES:
+                log_metric(f"verifiers/{self.__name__}/{status}_frac_of_scored", counts[status] / len(verdicts))
         out: list[float | None] = [None] * n
         for i, v in zip(rows, verdicts):
             out[i] = float(v.score)

@@ -105,7 +105,8 @@ def test_cli_dry_run_and_bad_config_exit_code(tmp_path):
 
 def test_cli_lists_stages_and_verifiers():
     proc = run_cli("--list-stages")
-    assert proc.returncode == 0 and proc.stdout.split() == ["sft", "reasoning", "grpo", "eval"]
+    assert proc.returncode == 0 and [ln.split()[0] for ln in proc.stdout.splitlines()] == ["sft", "reasoning", "grpo", "eval"]
+    assert all(len(ln.split()) > 2 for ln in proc.stdout.splitlines())  # a description on each line
     proc = run_cli("--list-verifiers")
     assert proc.returncode == 0
     for name in ("exact", "math", "code", "instructions", "retrieval", "think_format", "overlong", "repetition"):

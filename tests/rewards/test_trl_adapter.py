@@ -29,8 +29,27 @@ def test_routing_weights_and_logging():
     assert funcs[1](prompts=[None] * 3, completions=comps, **kw) == [None, 1.0, None]
     shaped = funcs[2](prompts=[None] * 3, completions=comps, **kw)
     assert shaped[:2] == [0.0, 0.0] and shaped[2] < 0
-    assert logged["verifiers/exact/success_rate"] == 0.5 and logged["verifiers/exact/wrong_rate"] == 0.5
+    assert logged["verifiers/exact/ok_frac_of_scored"] == 0.5 and logged["verifiers/exact/wrong_frac_of_scored"] == 0.5
     assert funcs[0].stats.summary()["success_rate"] == 0.5
+
+
+def test_logged_status_fractions_add_up_over_batches():
+    """Averaged over batches as TRL does (each key over the batches that logged it), the fractions of one verifier
+    still add up to 1: every status is logged every batch."""
+    from collections import defaultdict
+
+    funcs, _ = build_reward_functions([{"name": "think_format", "all_rows": True}])
+    logged: dict[str, list[float]] = defaultdict(list)
+
+    def log_metric(key: str, value: float) -> None:
+        logged[key].append(value)
+
+    batches = [["<think>a</think>1", "<think>b</think>2"], ["no tags", "<think>c</think>3"], ["x", "y"]]
+    for comps in batches:
+        funcs[0](completions=comps, log_metric=log_metric)
+    means = {k: sum(v) / len(v) for k, v in logged.items() if k.startswith("verifiers/think_format/")}
+    assert all(len(v) == len(batches) for v in logged.values())
+    assert abs(sum(means.values()) - 1.0) < 1e-9 and means["verifiers/think_format/ok_frac_of_scored"] == 0.5
 
 
 def test_plain_string_completions_and_missing_columns():
