@@ -196,7 +196,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from align.config import dump_yaml, load_config
     from align.distributed import is_main_process, world_size
-    from align.pipeline import format_table, plan, run_pipeline, run_pipeline_launched, stage_dir_name, stage_input
+    from align.pipeline import (
+        format_table,
+        plan,
+        run_pipeline,
+        run_pipeline_launched,
+        stage_dir_name,
+        stage_input,
+        stage_status,
+    )
 
     try:
         if args.nproc is not None:
@@ -211,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# plan (run folder {cfg.run_dir}):")
             for pos, (index, stage) in enumerate(plan(cfg, args.only)):
                 source, src = stage_input(cfg, index, args.init_from if pos == 0 else None)
-                print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src} ({source})")
+                print(f"#   {stage_dir_name(index, stage)}  kind={stage.kind}  from {src} ({source}): "
+                      f"{stage_status(cfg, index, src)}")
             from align.validate import validate_pipeline
 
             for name, info in validate_pipeline(cfg, args.only, args.init_from).items():

@@ -130,8 +130,8 @@ def is_complete(ckpt: Path) -> bool:
     return checkpoint_problem(ckpt) is None
 
 
-def last_complete_checkpoint(stage_dir: Path) -> Path | None:
-    """The highest-numbered complete ``checkpoint-N``; incomplete ones above it are moved aside."""
+def last_complete_checkpoint(stage_dir: Path, move_aside: bool = True) -> Path | None:
+    """The highest-numbered complete ``checkpoint-N``; incomplete ones above it are moved aside (``move_aside``)."""
     ckpts = sorted(
         (p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and _CKPT.match(p.name)),
         key=lambda p: int(_CKPT.match(p.name).group(1)),
@@ -141,6 +141,8 @@ def last_complete_checkpoint(stage_dir: Path) -> Path | None:
         problem = checkpoint_problem(ckpt)
         if problem is None:
             return ckpt
+        if not move_aside:
+            continue
         aside = ckpt.with_name(f"incomplete-{ckpt.name}")
         n = 1
         while aside.exists():

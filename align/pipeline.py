@@ -201,6 +201,30 @@ def stage_input(cfg: PipelineConfig, index: int, init_from: str | Path | None = 
     return f"stage {prev.name}", cfg.run_dir / stage_dir_name(index - 1, prev) / "final"
 
 
+def stage_status(cfg: PipelineConfig, index: int, init: Path) -> str:
+    """What running stage ``index`` from ``init`` would do now, and why (for ``--dry-run``), by the rule
+    ``run_stage`` applies: skip, resume from a checkpoint, refuse, or run."""
+    stage = cfg.stages[index]
+    stage_dir = cfg.run_dir / stage_dir_name(index, stage)
+    manifest = checkpoint.read_json(stage_dir / "manifest.json")
+    if not stage_dir.exists() or not any(stage_dir.iterdir()):
+        return "run (no earlier output)"
+    if not (init / "config.json").is_file():
+        return "run (its input is not built yet)"
+    if not manifest:
+        return "refused without --overwrite (the folder holds files but no manifest)"
+    same_cfg = manifest.get("config_hash") == stage_config_hash(cfg, stage)
+    same_input = manifest.get("input_hash") == checkpoint.dir_hash(init)
+    if not same_cfg:
+        return "refused without --overwrite (the config changed since it ran)"
+    if not same_input:
+        return "run again (its input changed upstream; the old outputs move to .stale)"
+    if manifest.get("status") == "completed":
+        return "skip (finished with the same config and input)"
+    ckpt = checkpoint.last_complete_checkpoint(stage_dir, move_aside=False)
+    return f"resume from {ckpt.name}" if ckpt else "run (interrupted before its first complete checkpoint)"
+
+
 def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, overwrite: bool,
               input_from_run: bool = False) -> dict[str, Any]:
     """Run (or skip, or resume) one stage and write its manifest.

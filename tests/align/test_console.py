@@ -26,6 +26,16 @@ def test_console_of_a_one_stage_run(tmp_path):
     row = next(ln for ln in again.stdout.splitlines() if ln.startswith("sft "))
     assert "exact" in row and "[skipped: unchanged]" in row
     assert "unchanged since it ran: skipped (held-out" in again.stderr
+    # --dry-run says what each stage would do, and why
+    def dry() -> dict[str, str]:
+        out = run_cli(str(SMOKE), f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=4", "--dry-run").stdout
+        return {ln.split()[1]: ln.split(": ", 1)[1] for ln in out.splitlines() if ln.startswith("#   0")}
+
+    plan = dry()
+    assert plan["00_sft"].startswith("skip") and plan["01_reasoning"].startswith("run (no earlier output)")
+    manifest = tmp_path / "00_sft" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"status": "completed"', '"status": "running"'))
+    assert dry()["00_sft"] == "resume from checkpoint-4"
 
 
 def test_help_lists_subcommands():
