@@ -130,7 +130,14 @@ class SourceConfig:
     recipe: str | None = None
     """Registered recipe name, ``pkg.mod:fn`` or ``file.py:fn``."""
     path: str | None = None
-    """Local JSONL / Parquet file or a saved ``datasets`` directory."""
+    """A local ``.jsonl`` / ``.json`` (rows or one array) / ``.parquet`` / ``.csv`` file, a saved ``datasets``
+    directory, or a ``load_dataset``-style folder of such files (``train*.jsonl``, ``data/train-*.parquet``...)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """File sources: align's column -> the file's column, e.g. ``{prompt: problem, answer: solution}``."""
+    verifier: str | None = None
+    """File sources: the verifier of every row that names none (instead of a per-row ``verifier`` column)."""
+    split: str = "train"
+    """File sources: the split of a ``DatasetDict`` or a ``load_dataset``-style folder to read."""
     weight: float = 1.0
     """Relative share of the mixture."""
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +149,8 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.path is None):
             raise ValueError("recipe: give exactly one of recipe or path")
+        if self.recipe is not None and (self.columns or self.verifier):
+            raise ValueError("columns: columns and verifier apply to file sources (path), not recipes")
         if self.weight <= 0:
             raise ValueError("weight: must be > 0")
 

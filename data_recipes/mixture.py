@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from data_recipes.formats import normalize_rows
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError, validate_rows
 from data_recipes.splits import in_heldout
@@ -20,7 +21,7 @@ def row_key(row: dict[str, Any]) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
+def read_file_rows(path: str | Path, split: str = "train") -> tuple[list[Any], list[int] | None]:
     """Rows of a JSONL / JSON-array / Parquet file or a saved ``datasets`` dir, with JSONL line numbers.
 
     JSONL is parsed with ``json`` line by line rather than through ``datasets``, which silently converts a mixed
@@ -31,7 +32,11 @@ def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if path.is_dir():
-        return _read_dataset_dir(path), None
+        if any((path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            return _read_dataset_dir(path, split), None
+        return _read_data_folder(path, split)
+    if path.suffix == ".csv":
+        return _read_csv(path)
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -44,8 +49,8 @@ def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
             raise DataError(f"{path}: the file has no rows")
         return rows, None
     if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet or a "
-                        "datasets dir)")
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet, .csv, a "
+                        "saved datasets dir or a folder of such files)")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the data
@@ -76,9 +81,54 @@ def read_file_rows(path: str | Path) -> tuple[list[Any], list[int] | None]:
     return rows, lines
 
 
-def _read_dataset_dir(path: Path) -> list[Any]:
-    """A ``datasets.save_to_disk`` dir: a Dataset, or a DatasetDict's ``train`` split (other splits are named in
-    the error when there is no ``train``)."""
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def _read_data_folder(path: Path, split: str) -> tuple[list[Any], list[int] | None]:
+    """A ``load_dataset``-style folder: the files of ``split`` (``train.jsonl``, ``train-00000-of-00002.parquet``,
+    ``data/train/...``), read in name order; their rows concatenated."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    mine = [p for p in files if p.name.startswith(split) or split in p.relative_to(path).parts[:-1]]
+    if not mine:
+        found = ", ".join(str(p.relative_to(path)) for p in files[:8]) or "no data files"
+        raise DataError(f"{path}: no files of split {split!r} (looked for {split}*{{.jsonl,.json,.parquet,.csv}} and "
+                        f"{split}/ folders; found: {found})")
+    rows: list[Any] = []
+    for f in mine:
+        rows.extend(read_file_rows(f)[0])
+    logger.info("%s: split %r from %d file(s), %d rows", path, split, len(mine), len(rows))
+    return rows, None
+
+
+def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
+    """Rows of a CSV file with a header line (every value a string; line numbers kept for errors)."""
+    import csv
+    import io
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: byte {exc.start}: not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise DataError(f"{path}: the file is empty (a CSV needs a header line)")
+    rows, lines = [], []
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path}: line {reader.line_num}: more fields than the header's {len(reader.fieldnames)}")
+            rows.append(dict(row))
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return rows, lines
+
+
+def _read_dataset_dir(path: Path, split: str = "train") -> list[Any]:
+    """A ``datasets.save_to_disk`` dir: a Dataset, or a DatasetDict's ``split`` (the splits it has are named in the
+    error when it lacks that one)."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
@@ -86,11 +136,11 @@ def _read_dataset_dir(path: Path) -> list[Any]:
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise DataError(f"{path}: not a saved datasets directory ({exc})") from None
     if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(ds)}); point path at "
-                            f"one split's folder, e.g. {path / next(iter(ds))}")
-        logger.info("%s: a DatasetDict; using its 'train' split (%d rows)", path, len(ds["train"]))
-        ds = ds["train"]
+        if split not in ds:
+            raise DataError(f"{path}: a DatasetDict without a {split!r} split (splits: {', '.join(ds)}); set the "
+                            f"source's split: to one of them")
+        logger.info("%s: a DatasetDict; using its %r split (%d rows)", path, split, len(ds[split]))
+        ds = ds[split]
     assert isinstance(ds, Dataset)
     if len(ds) == 0:
         raise DataError(f"{path}: the dataset has no rows")
@@ -107,7 +157,8 @@ def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fra
             raise DataError(f"recipe {src.recipe!r} (kwargs {src.kwargs}): {exc}") from None
         validate_rows(rows, kind, f"recipe {src.recipe!r}")
         return rows[:n]
-    rows, lines = read_file_rows(src.path)
+    rows, lines = read_file_rows(src.path, getattr(src, "split", "train"))
+    rows = normalize_rows(rows, str(src.path), getattr(src, "columns", None), getattr(src, "verifier", None), lines)
     validate_rows(rows, kind, str(src.path), lines)
     mine = [r for r in rows if in_heldout(row_key(r), heldout_fraction) == (split == "heldout")]
     if len(mine) < n:

@@ -9,7 +9,7 @@ class DataError(ValueError):
     """A data problem; the message names the source and the row."""
 
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 
 
 def _check_messages(msgs: Any, key: str) -> str | None:

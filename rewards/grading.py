@@ -4,8 +4,9 @@ sampling alike.
 - Routing: a row is graded by the verifier its ``verifier`` column names (``DEFAULT_VERIFIER`` when it has none),
   unless the caller names one (an eval suite's ``verifier``, a trace filter, a reward term).
 - Gold: the row's ``answer``, else the text after the reasoning of its last assistant message.
-- Keyword arguments: ``meta=`` when the row has one (a JSON string, as datasets store it, is decoded), plus the
-  caller's fixed kwargs (a reward term's ``kwargs``).
+- Keyword arguments — the stable signature is ``verify(completion, answer, **row)``: ``meta=`` when the row has one
+  (a JSON string, as datasets store it, is decoded), ``row=`` every column of the row (a user's verifier reads its
+  own fields there, e.g. ``row["difficulty"]``), plus the caller's fixed kwargs (a reward term's ``kwargs``).
 - Where and how long: decided by where the verifier's registration says it runs (``ResolvedVerifier.runs``):
   inline, in a killable worker of :mod:`rewards.pool` (identical calls in a batch graded once), or in a thread;
   every call outside the inline ones has the time budget ``timeout_s`` and ends as ``timeout`` past it.
@@ -49,14 +50,15 @@ def row_gold(row: dict[str, Any]) -> str:
 
 
 def row_kwargs(row: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Keyword arguments for a verifier call on ``row``: the caller's fixed ``extra`` plus ``meta`` if the row has
-    one (decoded when stored as JSON text)."""
+    """Keyword arguments for a verifier call on ``row``: the caller's fixed ``extra``, ``meta`` if the row has one
+    (decoded when stored as JSON text), and ``row``: every column of the row."""
     kwargs = dict(extra or {})
     meta = row.get("meta")
     if isinstance(meta, str):
         meta = json.loads(meta) if meta else None
     if meta is not None:
         kwargs["meta"] = meta
+    kwargs["row"] = {**row, **({"meta": meta} if "meta" in row else {})}
     return kwargs
 
 

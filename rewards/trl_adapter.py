@@ -18,6 +18,7 @@ batched, ``**kwargs``-tolerant, one float or ``None`` ("does not apply to this r
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -103,8 +104,13 @@ class RewardFunction:
         try:
             answers = kwargs.get("answer") or [""] * n
             metas = kwargs.get("meta") or [None] * n
-            calls = [(completion_text(completions[i]), "" if answers[i] is None else str(answers[i]),
-                      row_kwargs({"meta": metas[i]}, self.spec.kwargs)) for i in rows]
+            extras = kwargs.get("columns") or [""] * n  # the row's other columns, as JSON text (see stages/grpo.py)
+            calls = []
+            for i in rows:
+                row = {**(json.loads(extras[i]) if extras[i] else {}), "answer": answers[i], "meta": metas[i],
+                       "verifier": names[i], "prompt": prompts[i] if prompts else None}
+                calls.append((completion_text(completions[i]), "" if answers[i] is None else str(answers[i]),
+                              row_kwargs(row, self.spec.kwargs)))
             verdicts = score_calls(self.verifier, calls, self.spec.timeout_s, self._pool)
         except Exception as exc:  # never raise into the trainer
             logger.exception("reward function %s failed on a batch", self.spec.name)

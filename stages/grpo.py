@@ -80,9 +80,12 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     # TRL does not truncate GRPO prompts: a prompt longer than the model's positions would be generated from anyway
     limit = token_limit(cfg.kind, cfg.trainer, getattr(model.config, "max_position_embeddings", None))
     rows = fit_rows(rows, tok, cfg.kind, limit, f"stage {cfg.name!r}")
+    # every other column travels as JSON text too, so a verifier reads the whole row (``row=``)
+    own = {"prompt", "answer", "verifier", "meta", "messages"}
     dataset = Dataset.from_list([
         {"prompt": r["prompt"], "answer": r["answer"], "verifier": r["verifier"],
-         "meta": json.dumps(r["meta"]) if r.get("meta") is not None else ""}
+         "meta": json.dumps(r["meta"]) if r.get("meta") is not None else "",
+         "columns": json.dumps({k: v for k, v in r.items() if k not in own}, default=str)}
         for r in rows
     ])
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "router_frozen": ctx.router.freeze}

@@ -91,3 +91,35 @@ def test_grpo_routing_replay_logs_agreement_and_trains_the_router(smoke_run, tmp
     before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "02_grpo" / "final" / "model.safetensors")
     router = [k for k in before if k.endswith(("mlp.gate.weight", "ffn.gate.weight")) and ".layers.0." not in k]
     assert router and any(not torch.equal(before[k], after[k]) for k in router)
+
+
+def test_grpo_on_an_open_r1_shaped_file_with_a_verifier_reading_its_own_column(smoke_run, tmp_path):
+    """problem/solution/difficulty rows, a columns mapping, a dataset-level verifier, numeric solutions; the user's
+    verifier reads the row's ``difficulty`` column (``row=``) and the reward moves with it."""
+    _, out, _ = smoke_run
+    data = tmp_path / "r1.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{a}+{b}=", "solution": a + b, "difficulty": (a + b) % 3})
+                            + "\n" for a in range(10, 40) for b in range(10, 14)))
+    check = tmp_path / "by_difficulty.py"
+    check.write_text(
+        "import json\n"
+        f"LOG = {str(tmp_path / 'seen.jsonl')!r}\n"
+        "def score(completion, answer, **kw):\n"
+        "    row = kw['row']\n"
+        "    with open(LOG, 'a') as fh:\n"
+        "        fh.write(json.dumps({'difficulty': row['difficulty'], 'answer': answer}) + '\\n')\n"
+        "    return 0.1 * row['difficulty']\n")
+    cfg = load_config(SMOKE, [
+        f"output_dir={tmp_path / 'run'}", "stages.grpo.trainer.max_steps=2",
+        f"stages.grpo.data={{sources: [{{path: {data}, columns: {{prompt: problem, answer: solution}}, "
+        f"verifier: exact}}], n_train: 64, n_heldout: 8}}",
+        f"stages.grpo.verifiers=[{{name: exact}}, {{name: '{check}:score', all_rows: true}}]",
+    ])
+    rows = run_pipeline(cfg, only="grpo", init_from=out / "01_reasoning" / "final")
+    assert rows[0]["steps"] == 2
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert len(seen) >= 16 and {s["difficulty"] for s in seen} <= {0, 1, 2} and len({s["difficulty"] for s in seen}) > 1
+    assert all(s["answer"].isdigit() for s in seen)  # numeric solutions arrive as their string form
+    stats = json.loads((tmp_path / "run" / "02_grpo" / "manifest.json").read_text())["metrics"]["verifiers"]
+    user = next(v for k, v in stats.items() if k.endswith("score"))
+    assert 0 < user["mean_score"] < 0.2
