@@ -203,8 +203,31 @@ def dir_hash(path: Path, big: int = 256 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def finalize(model: Any, tok: Any, out_dir: Path) -> Path:
-    """Save a plain HF model dir (LoRA merged) + tokenizer atomically (to ``out_dir.tmp`` then rename)."""
+def serving_config(model_dir: Path, input_dir: Path | None = None) -> None:
+    """Make a saved model dir what an eval harness or inference server expects, not what training left in it:
+    router-logit outputs off (on a left-padded batch they crash ``generate`` inside the load-balancing loss), the KV
+    cache on, the special-token ids of the input model (trainers rewrite ``bos_token_id``), and a tokenizer that pads
+    on the left (decoder-only batched generation)."""
+    cfg_path = model_dir / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config["use_cache"] = True
+    if "output_router_logits" in config:
+        config["output_router_logits"] = False
+    source = read_json(input_dir / "config.json") if input_dir is not None else None
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if source and key in source:
+            config[key] = source[key]
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_path = model_dir / "tokenizer_config.json"
+    if tok_path.is_file():
+        tok_cfg = json.loads(tok_path.read_text())
+        tok_cfg["padding_side"] = "left"
+        tok_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
+
+
+def finalize(model: Any, tok: Any, out_dir: Path, input_dir: Path | None = None) -> Path:
+    """Save a plain HF model dir (LoRA merged) + tokenizer atomically (to ``out_dir.tmp`` then rename), with the
+    serving config (``serving_config``; special-token ids from ``input_dir``)."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -212,6 +235,7 @@ def finalize(model: Any, tok: Any, out_dir: Path) -> Path:
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    serving_config(tmp, input_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
@@ -250,7 +274,7 @@ def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
     writes), rank 0 merges LoRA adapters into the input model if any, then renames into place; all ranks wait."""
     out = ctx.stage_dir / "final"
     if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
-        return finalize(trainer.model, tok, out)
+        return finalize(trainer.model, tok, out, ctx.init_dir)
     tmp = out.with_name("final.gathered")  # not final.tmp: checkpoint.finalize (the LoRA merge below) writes there
     if is_main_process() and tmp.exists():
         shutil.rmtree(tmp)
@@ -266,10 +290,11 @@ def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
             with whole_model_load():  # rank 0 alone: outside the trainer's ZeRO-3 partitioning
                 base = AutoModelForCausalLM.from_pretrained(ctx.init_dir)
             merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
-            finalize(merged, tok, out)
+            finalize(merged, tok, out, ctx.init_dir)
             shutil.rmtree(tmp)
         else:
             tok.save_pretrained(tmp)
+            serving_config(tmp, ctx.init_dir)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)

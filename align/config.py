@@ -117,6 +117,10 @@ class ModelConfig:
     """Fields of the preset's transformers config to change (e.g. ``hidden_size``)."""
     router: RouterPolicy = field(default_factory=RouterPolicy)
     """Router policy for every stage, unless a stage sets its own ``router``."""
+    chat_template: str | None = None
+    """The chat template every stage uses instead of the tokenizer's own: a template file (Jinja) or a built-in name
+    (``align.modeling.CHAT_TEMPLATES``: ``align``, ``plain`` — a ``role: content`` template for base models). Needed
+    for a base model without a template; SFT's assistant-only loss needs ``{% generation %}`` markers in it."""
 
     def __post_init__(self) -> None:
         if not self.preset and not self.path:

@@ -39,6 +39,30 @@ CHAT_TEMPLATE = (
 )
 
 
+# For base models without a template (asked for by name, never applied silently): "role: content" lines, the
+# assistant's turn inside {% generation %} with the end-of-sequence token, so assistant-only loss teaches it to stop.
+PLAIN_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}assistant: {% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n"
+    "{%- else -%}{{ m['role'] }}: {{ m['content'] }}\n{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}assistant: {%- endif -%}"
+)
+# Closed set: built-in chat templates by name (model.chat_template).
+CHAT_TEMPLATES: dict[str, str] = {"align": CHAT_TEMPLATE, "plain": PLAIN_TEMPLATE}
+
+
+def resolve_chat_template(spec: str) -> str:
+    """The template text of ``model.chat_template``: a built-in name or a template file."""
+    if spec in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[spec]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model.chat_template {spec!r}: neither a built-in template ({', '.join(CHAT_TEMPLATES)}) "
+                         "nor a template file")
+    return path.read_text()
+
+
 def build_tokenizer() -> Any:
     """A character-level tokenizer (printable ASCII + newline) with our chat template."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -225,8 +249,10 @@ def whole_model_load() -> Iterator[None]:
             hf_ds.set_hf_deepspeed_config(config)
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load a local HF causal-LM directory and its tokenizer, with the MoE fixes of ``align.moe`` applied."""
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
+               chat_template: str | None = None) -> tuple[Any, Any]:
+    """Load a local HF causal-LM directory and its tokenizer, with the MoE fixes of ``align.moe`` applied;
+    ``chat_template`` (template text) replaces the tokenizer's own."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -235,6 +261,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[An
     with whole_model_load():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(path)
+    if chat_template is not None:
+        tok.chat_template = chat_template
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

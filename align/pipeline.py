@@ -159,19 +159,22 @@ class Progress:
         if not left:
             logger.info("==== pipeline: %d stage(s) in %.0f s", len(self.planned), time.time() - self.t0)
             return
-        eta, known = 0.0, True
+        eta, unknown = 0.0, []
         for _, s in left:
             steps = planned_steps(s)
-            rate = self.sec_per_step.get(s.kind) or (next(iter(self.sec_per_step.values()), None) if steps else None)
+            # seconds per step of the same kind if one ran, else of the latest stage (a rough first guess)
+            rate = self.sec_per_step.get(s.kind) or (list(self.sec_per_step.values())[-1:] or [None])[0]
             if steps and rate:
                 eta += steps * rate
             elif not steps and s.kind in self.sec_fixed:
                 eta += self.sec_fixed[s.kind]
             else:
-                known = False
+                unknown.append(s.name)
+        left_text = f"about {eta:.0f} s left by measured step times" if eta else "time left unknown"
+        if unknown and eta:
+            left_text += f", plus {', '.join(unknown)} (not measured yet)"
         logger.info("==== pipeline: %d/%d stages done, %.0f s elapsed; %s", pos + 1, len(self.planned),
-                    time.time() - self.t0, f"about {eta:.0f} s left (measured step times)" if known and eta else
-                    "time left unknown until a stage of each kind has run")
+                    time.time() - self.t0, left_text)
 
 
 def describe_result(row: dict[str, Any]) -> str:
@@ -277,8 +280,11 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
         checkpoint.write_manifest(manifest_path, {**base_manifest, "status": "running", "started": time.time()},
                                   reserve=True)
     earlier = {s.name: stage_input(cfg, i + 1)[1] for i, s in enumerate(cfg.stages[:index])}
+    from align.modeling import resolve_chat_template
+
+    template = resolve_chat_template(cfg.model.chat_template) if cfg.model.chat_template else None
     ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg.monitor, cfg.distributed,
-                       earlier)
+                       earlier, template)
     t0 = time.time()
     try:
         result = STAGES[stage.kind](stage, ctx)

@@ -33,6 +33,8 @@ class StageContext:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     final_dirs: Mapping[str, Path] = field(default_factory=dict)
     """Earlier stages' output model dirs by stage name (what ``final_dir_of`` answers)."""
+    chat_template: str | None = None
+    """Template text replacing the tokenizer's own (``model.chat_template``), or None."""
 
     def final_dir_of(self, name: str) -> Path:
         """The output model dir of the earlier stage ``name``."""

@@ -169,7 +169,7 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     from align import modeling, moe
     from align.distributed import zero_stage
 
-    model, tok = modeling.load_model(ctx.init_dir)
+    model, tok = modeling.load_model(ctx.init_dir, chat_template=ctx.chat_template)
     logger.info("%s", modeling.describe(model))
     if zero_stage() == 3:  # before any DeepSpeed engine (TRL wraps a reference model while the trainer is built)
         moe.mark_zero3_leaves(model)

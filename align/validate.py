@@ -41,6 +41,40 @@ class ValidationError(ConfigError):
 # -------------------------------------------------------------------------------------------- model facts
 
 
+def template_problem(tok: Any, model_dir: str, stage: StageConfig, override: str | None) -> str | None:
+    """Why the stage cannot use this tokenizer's chat template (``override``: ``model.chat_template`` text), or None.
+
+    Every stage renders chat rows, so a tokenizer without a template is refused (transformers fails only after the
+    weights loaded). SFT with assistant-only loss (align's default) needs ``{% generation %}`` markers: a template
+    that has none and that TRL cannot patch is refused, naming both remedies."""
+    template = override if override is not None else getattr(tok, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        return (f"{model_dir}: the tokenizer has no chat template (a base model?). Remedy: set model.chat_template "
+                "to a template file, or to 'plain' (a role: content template) knowingly")
+    assistant_only = stage.trainer.get("assistant_only_loss", True) if stage.kind in ("sft", "reasoning") else False
+    if not assistant_only:
+        return None
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(template):
+        return None
+    saved = tok.chat_template
+    try:
+        tok.chat_template = template
+        get_training_chat_template(tok)  # TRL patches the templates it knows (Qwen3, DeepSeek-V3...)
+        return None
+    except ValueError:
+        return (f"{model_dir}: its chat template has no {{% generation %}} markers and TRL cannot add them, so the "
+                "assistant-only loss cannot find the assistant's tokens. Remedy: set model.chat_template to a "
+                "template with {% generation %}...{% endgeneration %} around the assistant turn (or 'align' / "
+                f"'plain'), or set stages.{stage.name}.trainer.assistant_only_loss: false knowingly (the loss then "
+                "covers the prompt tokens too)")
+    finally:
+        tok.chat_template = saved
+
+
 def model_facts(path: Path | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Expert count, top-k, position limit and tokenizer of a model dir or preset, without loading weights."""
     from align import modeling
@@ -166,6 +200,21 @@ def validate_pipeline(cfg: PipelineConfig, only: str | None = None, init_from: s
                 src = None
         bad_dir = src is None and (cfg.model.path or (pos == 0 and init_from is not None))
         facts = None if bad_dir else facts_for(src)
+        if facts is not None:
+            override = None
+            if cfg.model.chat_template:
+                from align.modeling import resolve_chat_template
+
+                try:
+                    override = resolve_chat_template(cfg.model.chat_template)
+                except ValueError as exc:
+                    problems.append(str(exc))
+            problem = template_problem(facts["tokenizer"], str(src or cfg.model.preset), stage, override)
+            if problem:
+                problems.append(f"{where}: {problem}")
+                facts = {**facts, "tokenizer": None}  # rows cannot be measured without a template
+            elif override is not None:
+                facts["tokenizer"].chat_template = override
         summary[stage.name] = _check_stage(cfg, stage, where, facts, problems)
     if problems:
         raise ValidationError(problems)
@@ -214,7 +263,7 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
             for j, r in enumerate(rows):
                 if r.get("verifier"):
                     names.setdefault(r["verifier"], f"{where}.data ({split} row {j + 1}, column 'verifier')")
-            if facts and limit is not None and split == "train":
+            if facts and facts["tokenizer"] is not None and limit is not None and split == "train":
                 over, measured, sampled = _over_limit(rows, facts["tokenizer"], row_kind, limit)
                 if over:
                     est = " (estimated from an even sample)" if sampled else ""

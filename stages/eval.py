@@ -93,9 +93,9 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     return out
 
 
-def grade_model(model_dir: Any, cfg: Any, seed: int) -> dict[str, Any]:
+def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None = None) -> dict[str, Any]:
     """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``."""
-    model, tok = modeling.load_model(model_dir)
+    model, tok = modeling.load_model(model_dir, chat_template=chat_template)
     model.config.output_router_logits = False
     out: dict[str, Any] = {}
     for suite in cfg.suites:
@@ -114,14 +114,14 @@ def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
 
     if not is_main_process():  # one rank grades; the others wait at the pipeline's barrier
         return StageResult(final_dir=ctx.init_dir, steps=0, metrics={}, extra={})
-    suites = grade_model(ctx.init_dir, cfg, ctx.seed)
+    suites = grade_model(ctx.init_dir, cfg, ctx.seed, ctx.chat_template)
     by_stage: dict[str, Any] = {}
     for name in cfg.compare:
         final = ctx.final_dir_of(name)
         if not (final / "config.json").is_file():
             logger.warning("eval: stage %s has no final model at %s; not compared", name, final)
             continue
-        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed)
+        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed, ctx.chat_template)
         by_stage[name] = {k: {m: v[m] for m in ("accuracy", "n", "pass_at_k", "accuracy_by_depth") if m in v}
                           for k, v in graded.items()}
     n = sum(s["n"] for s in suites.values())
