@@ -199,5 +199,6 @@ def build_rows(data: Any, split: str, seed: int, kind: str) -> list[dict[str, An
         dropped_long,
     )
     if not rows:
-        raise DataError(f"{split} split is empty after dedup and filters")
+        names = ", ".join(s.path or s.recipe for s in data.sources)
+        raise DataError(f"{split} split is empty after dedup and filters (sources: {names})")
     return rows

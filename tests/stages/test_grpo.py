@@ -17,10 +17,16 @@ RECORDER = Path(__file__).resolve().parent / "plugins" / "recorder.py"
 
 
 def test_grpo_only_from_fresh_sft_output(smoke_run, tmp_path):
+    import shutil
+
     _, out, _ = smoke_run
-    sft_final = out / "00_sft" / "final"
-    # SFTTrainer saved output_router_logits=True: generation on padded batches would crash without our fix
-    assert json.loads((sft_final / "config.json").read_text())["output_router_logits"] is True
+    assert json.loads((out / "00_sft" / "final" / "config.json").read_text())["output_router_logits"] is False
+    # a checkpoint saved by another tool with output_router_logits=True (as SFTTrainer leaves it): generation on
+    # padded batches would crash without moe.generation_mode
+    sft_final = tmp_path / "sft_final"
+    shutil.copytree(out / "00_sft" / "final", sft_final)
+    config = json.loads((sft_final / "config.json").read_text())
+    (sft_final / "config.json").write_text(json.dumps({**config, "output_router_logits": True}))
     proc = run_cli(str(SMOKE), f"output_dir={tmp_path}", "--only", "grpo", "--init-from", str(sft_final),
                    "stages.grpo.trainer.max_steps=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
