@@ -172,6 +172,37 @@ def _tiny_mixtral(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     )
 
 
+def _tiny_deepseek_v3(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
+    from transformers import DeepseekV3Config
+
+    # DeepSeek-V3's layout at toy size: multi-head latent attention, a dense first layer, then 8 routed experts (top-2,
+    # one group) plus a shared expert; transformers 5.24 computes no router aux loss for it.
+    return DeepseekV3Config, dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def _tiny_deepseek_v4_dense(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
     # Ablation baseline: the same model with every token sent to every routed expert (2 experts, top-2, + the shared
     # one), so the FFN is dense and its parameters per token equal the MoE preset's active ones; attention, mHC and
@@ -186,6 +217,7 @@ PRESETS: dict[str, Callable[[int, Any], tuple[type, dict[str, Any]]]] = {
     "tiny-deepseek-v4-dense": _tiny_deepseek_v4_dense,
     "tiny-qwen3-moe": _tiny_qwen3_moe,
     "tiny-mixtral": _tiny_mixtral,
+    "tiny-deepseek-v3": _tiny_deepseek_v3,
 }
 
 
@@ -198,13 +230,16 @@ def preset_signature(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {"class": config_cls.__name__, "kwargs": {**kwargs, **overrides}, "vocab": tok.get_vocab()}
 
 
-def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str | Path) -> Path:
-    """Build a preset model from scratch (seeded) and save it with its tokenizer as a plain HF dir."""
+def build_base(preset: str, overrides: dict[str, Any], seed: int, out_dir: str | Path, tokenizer: Any = None) -> Path:
+    """Build a preset model from scratch (seeded) and save it with its tokenizer as a plain HF dir; ``tokenizer``
+    (e.g. a real BPE vocabulary) replaces the embedded character tokenizer."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     if preset not in PRESETS:
         raise KeyError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)} (or set model.path)")
-    tok = build_tokenizer()
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     vocab_size = (len(tok) + 7) // 8 * 8
     config_cls, kwargs = PRESETS[preset](vocab_size, tok)
     known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
