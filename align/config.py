@@ -121,6 +121,8 @@ class ModelConfig:
     """The chat template every stage uses instead of the tokenizer's own: a template file (Jinja) or a built-in name
     (``align.modeling.CHAT_TEMPLATES``: ``align``, ``plain`` — a ``role: content`` template for base models). Needed
     for a base model without a template; SFT's assistant-only loss needs ``{% generation %}`` markers in it."""
+    system_prompt: str | None = None
+    """A system turn put before every training, held-out and eval conversation that has none of its own."""
 
     def __post_init__(self) -> None:
         if not self.preset and not self.path:

@@ -69,9 +69,10 @@ def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
     """The rows a stage is graded on: ``eval.data``'s held-out split if set, else the stage's own."""
     from data_recipes import build_rows
 
+    system = getattr(ctx, "system_prompt", None)
     if cfg.eval.data is not None:
-        return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval")
-    return build_rows(cfg.data, "heldout", ctx.seed, cfg.row_schema("heldout")) if cfg.data.n_heldout else []
+        return build_rows(cfg.eval.data, "heldout", ctx.seed, "eval", system)
+    return build_rows(cfg.data, "heldout", ctx.seed, cfg.row_schema("heldout"), system) if cfg.data.n_heldout else []
 
 
 def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:

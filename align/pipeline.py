@@ -284,7 +284,7 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
 
     template = resolve_chat_template(cfg.model.chat_template) if cfg.model.chat_template else None
     ctx = StageContext(cfg.run_dir, stage_dir, init, cfg.seed, cfg.router_for(stage), cfg.monitor, cfg.distributed,
-                       earlier, template)
+                       earlier, template, cfg.model.system_prompt)
     t0 = time.time()
     try:
         result = STAGES[stage.kind](stage, ctx)

@@ -35,6 +35,8 @@ class StageContext:
     """Earlier stages' output model dirs by stage name (what ``final_dir_of`` answers)."""
     chat_template: str | None = None
     """Template text replacing the tokenizer's own (``model.chat_template``), or None."""
+    system_prompt: str | None = None
+    """``model.system_prompt``: pass it to ``build_rows`` so every conversation starts with it."""
 
     def final_dir_of(self, name: str) -> Path:
         """The output model dir of the earlier stage ``name``."""

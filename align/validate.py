@@ -255,7 +255,7 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
             blocks[1] = ("heldout", stage.eval.data, "eval")
         for split, data, row_kind in blocks:
             try:
-                rows = build_rows(data, split, cfg.seed, row_kind)
+                rows = build_rows(data, split, cfg.seed, row_kind, cfg.model.system_prompt)
             except (DataError, KeyError, FileNotFoundError, OSError, ValueError) as exc:
                 problems.append(f"{where}.data ({split}): {str(exc).strip(chr(39) + chr(34))}")
                 continue

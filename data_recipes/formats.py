@@ -102,6 +102,16 @@ def normalize_row(row: Any, columns: dict[str, str] | None = None, verifier: str
     return row
 
 
+def with_system_prompt(row: dict[str, Any], text: str) -> dict[str, Any]:
+    """``row`` with a system turn ``text`` first in its ``messages`` and ``prompt`` where they have none."""
+    row = dict(row)
+    for key in ("messages", "prompt"):
+        turns = row.get(key)
+        if isinstance(turns, list) and not (turns and isinstance(turns[0], dict) and turns[0].get("role") == "system"):
+            row[key] = [{"role": "system", "content": text}, *turns]
+    return row
+
+
 def normalize_rows(rows: list[Any], source: str, columns: dict[str, str] | None = None, verifier: str | None = None,
                    line_numbers: list[int] | None = None) -> list[Any]:
     """``normalize_row`` over a source; an error names the source, row (and line) and column."""

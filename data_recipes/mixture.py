@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from data_recipes.formats import normalize_rows
+from data_recipes.formats import normalize_rows, with_system_prompt
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError, validate_rows
 from data_recipes.splits import in_heldout
@@ -166,8 +166,9 @@ def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fra
     return mine[:n]
 
 
-def build_rows(data: Any, split: str, seed: int, kind: str) -> list[dict[str, Any]]:
-    """The rows of ``split`` ("train" | "heldout") for a stage's ``DataConfig``, mixed by weight."""
+def build_rows(data: Any, split: str, seed: int, kind: str, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The rows of ``split`` ("train" | "heldout") for a stage's ``DataConfig``, mixed by weight; ``system_prompt``
+    (``model.system_prompt``) becomes the first turn of every conversation without one."""
     n_total = data.n_train if split == "train" else data.n_heldout
     if n_total == 0:
         return []
@@ -201,4 +202,6 @@ def build_rows(data: Any, split: str, seed: int, kind: str) -> list[dict[str, An
     if not rows:
         names = ", ".join(s.path or s.recipe for s in data.sources)
         raise DataError(f"{split} split is empty after dedup and filters (sources: {names})")
+    if system_prompt:
+        rows = [with_system_prompt(r, system_prompt) for r in rows]
     return rows

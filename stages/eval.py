@@ -22,6 +22,7 @@ from typing import Any
 from align import evaluation, modeling
 from align.config import EvalStageConfig
 from align.stage import StageContext, StageResult
+from data_recipes.formats import with_system_prompt
 from data_recipes.registry import resolve_recipe
 from data_recipes.schema import DataError
 from data_recipes.suites import SUITES
@@ -93,13 +94,16 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     return out
 
 
-def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None = None) -> dict[str, Any]:
+def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None = None,
+                system_prompt: str | None = None) -> dict[str, Any]:
     """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``."""
     model, tok = modeling.load_model(model_dir, chat_template=chat_template)
     model.config.output_router_logits = False
     out: dict[str, Any] = {}
     for suite in cfg.suites:
         rows, budget = suite_rows(suite, seed)
+        if system_prompt:
+            rows = [with_system_prompt(r, system_prompt) for r in rows]
         res = grade_suite(model, tok, rows, budget or cfg.eval.max_new_tokens, cfg.eval.batch_size,
                           cfg.eval.samples, cfg.eval.temperature)
         logger.info("eval %s on %s: accuracy %.3f (n=%d)%s", suite.name, model_dir, res["accuracy"], res["n"],
@@ -114,14 +118,15 @@ def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
 
     if not is_main_process():  # one rank grades; the others wait at the pipeline's barrier
         return StageResult(final_dir=ctx.init_dir, steps=0, metrics={}, extra={})
-    suites = grade_model(ctx.init_dir, cfg, ctx.seed, ctx.chat_template)
+    suites = grade_model(ctx.init_dir, cfg, ctx.seed, ctx.chat_template, ctx.system_prompt)
     by_stage: dict[str, Any] = {}
     for name in cfg.compare:
         final = ctx.final_dir_of(name)
         if not (final / "config.json").is_file():
             logger.warning("eval: stage %s has no final model at %s; not compared", name, final)
             continue
-        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed, ctx.chat_template)
+        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed, ctx.chat_template,
+                                                                                   ctx.system_prompt)
         by_stage[name] = {k: {m: v[m] for m in ("accuracy", "n", "pass_at_k", "accuracy_by_depth") if m in v}
                           for k, v in graded.items()}
     n = sum(s["n"] for s in suites.values())

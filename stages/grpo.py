@@ -72,7 +72,7 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     from trl import GRPOConfig
 
     # data: prompt rows (prompt, answer, verifier, meta); meta travels as JSON text (Arrow needs one column type)
-    rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
+    rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind, ctx.system_prompt)
     heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: router policy, then router logits off for the rollout

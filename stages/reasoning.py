@@ -56,7 +56,7 @@ def run(cfg: ReasoningStageConfig, ctx: StageContext) -> StageResult:
     source = cfg.traces.source if cfg.traces else "recipe"
 
     # data: recipe rows (their assistant turns carry traces when source=recipe; only prompts are used when self)
-    rows = build_rows(cfg.data, "train", ctx.seed, cfg.row_schema("train"))
+    rows = build_rows(cfg.data, "train", ctx.seed, cfg.row_schema("train"), ctx.system_prompt)
     heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: the input model (also the sampler for self-generated traces)

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def run(cfg: SftStageConfig, ctx: StageContext) -> StageResult:
     """Run the SFT stage ``cfg`` (a StageConfig) in ``ctx`` (a StageContext); returns the finalized result."""
     # data: train rows for the trainer, held-out rows for grading (disjoint by construction)
-    train_rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind)
+    train_rows = build_rows(cfg.data, "train", ctx.seed, cfg.kind, ctx.system_prompt)
     heldout = evaluation.heldout_rows(cfg, ctx)
 
     # model: plain HF dir in, router policy applied

@@ -49,9 +49,12 @@ def _pipeline(tmp_path, model_dir, *extra):
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", f"model.path={model_dir}", *FAST, *extra])
     rows = run_pipeline(cfg)
     assert [r["stage"] for r in rows] == ["sft", "reasoning", "grpo", "eval"]
+    from tests.align.test_checkpoint_serving import _check_final
+
     for stage in ("00_sft", "01_reasoning", "02_grpo"):
         m = json.loads((tmp_path / stage / "manifest.json").read_text())
         assert m["status"] == "completed" and m["steps"] == 2
+        _check_final(tmp_path / stage / "final", model_dir)  # batched, left-padded generate in plain transformers
     return rows
 
 

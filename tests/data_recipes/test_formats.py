@@ -118,3 +118,15 @@ def test_load_dataset_folder_without_the_split_names_what_it_found(tmp_path):
     _jsonl(tmp_path / "f" / "test.jsonl", [{"prompt": "x", "answer": "1", "verifier": "exact"}])
     with pytest.raises(DataError, match="no files of split 'train'.*test.jsonl"):
         _build(tmp_path / "f", "grpo")
+
+
+def test_system_prompt_starts_every_conversation_without_one(tmp_path):
+    src = [{"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": f"{i}+1="},
+                         {"role": "assistant", "content": str(i + 1)}]} if i % 2 else
+           {"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(N)]
+    data = DataConfig(sources=(SourceConfig(path=str(_jsonl(tmp_path / "s.jsonl", src))),), n_train=N - 5,
+                      n_heldout=0, heldout_fraction=0.01)
+    rows = build_rows(data, "train", 0, "sft", system_prompt="Answer with a number.")
+    firsts = {r["messages"][0]["content"] for r in rows}
+    assert firsts == {"own", "Answer with a number."}  # a row's own system turn is kept
+    assert all(r["prompt"][0]["role"] == "system" for r in rows if "prompt" in r)
