@@ -99,6 +99,7 @@ def plan_main(argv: list[str]) -> int:
     p.add_argument("--gpus", type=int, default=8, help="GPUs in total (all nodes)")
     p.add_argument("--zero", type=int, choices=(0, 2, 3), default=3)
     p.add_argument("--lora", action="store_true", help="LoRA on attention, experts and router (align's default targets)")
+    p.add_argument("--ep", type=int, default=1, help="expert parallelism: ranks each MoE layer's experts are split over")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--no-checkpointing", action="store_true", help="activations without activation checkpointing")
@@ -115,7 +116,7 @@ def plan_main(argv: list[str]) -> int:
     try:
         result = plan(args.model, args.gpus, args.zero, lora=args.lora, seq_len=args.seq_len,
                       micro_batch=args.micro_batch, checkpointing=not args.no_checkpointing,
-                      rollout_tokens=args.rollout_tokens, rollout_sequences=args.rollout_sequences)
+                      rollout_tokens=args.rollout_tokens, rollout_sequences=args.rollout_sequences, ep=args.ep)
     except (FileNotFoundError, ValueError) as exc:
         logging.getLogger("align").error("%s", exc)
         return 2

@@ -55,6 +55,13 @@ class Counts:
     """Largest single module's own parameters (what DeepSpeed's estimator calls the largest layer)."""
     largest_gathered: int
     """Largest unit ZeRO-3 gathers at once with MoE blocks as leaf modules."""
+    largest_block: int = 0
+    """Parameters of the largest MoE block (router, experts, shared experts)."""
+    largest_block_experts: int = 0
+    """Routed-expert parameters of that block (what expert parallelism splits across ranks)."""
+    moe_layers: int = 0
+    largest_dense_module: int = 0
+    """Largest single module outside the routed experts (what ZeRO-3 gathers whole under expert parallelism)."""
 
 
 def load_config(model: str) -> Any:
@@ -106,11 +113,33 @@ def count(model: torch.nn.Module, lora: Any = None) -> Counts:
 
         peft_model = wrap_lora(model, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    return Counts(total, active, experts, trainable, largest_module, max(largest_module, largest_block))
+    block_experts = max((sum(p.numel() for p in b.experts.parameters()) for _, b in blocks), default=0)
+    expert_modules = {id(m) for _, b in blocks for m in b.experts.modules()}
+    largest_dense = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()
+                         if id(m) not in expert_modules), default=0)
+    return Counts(total, active, experts, trainable, largest_module, max(largest_module, largest_block),
+                  largest_block, block_experts, len(blocks), largest_dense)
 
 
-def model_state_bytes(c: Counts, gpus: int, zero: int) -> dict[str, int]:
-    """Per-GPU bytes of parameters, gradients, optimizer state and the ZeRO-3 gather buffer (bf16 + Adam)."""
+def model_state_bytes(c: Counts, gpus: int, zero: int, ep: int = 1) -> dict[str, int]:
+    """Per-GPU bytes of parameters, gradients, optimizer state and the ZeRO-3 gather buffer (bf16 + Adam).
+
+    ``ep`` > 1 (expert parallelism): each rank owns ``1/ep`` of every MoE layer's routed experts, and ZeRO shards
+    those over the expert-data-parallel group (``gpus / ep`` ranks) — so partitioned states per GPU are what full
+    sharding gives, while replicated ones (ZeRO-2/DDP weights) shrink by the expert share, and ZeRO-3 never gathers a
+    whole block: its largest unit holds ``1/ep`` of the block's experts."""
+    if ep > 1 and c.trainable == c.total:
+        dense, experts = c.total - c.experts, c.experts
+        local = dense + experts // ep  # what one rank holds unsharded
+        if zero == 3:
+            unit = max(c.largest_dense_module,
+                       c.largest_block - c.largest_block_experts + c.largest_block_experts // ep)
+            return {"parameters": 2 * c.total // gpus, "gradients": 4 * c.total // gpus,
+                    "optimizer": 12 * c.total // gpus, "gather_buffer": 4 * unit}
+        if zero == 2:
+            return {"parameters": 2 * local, "gradients": 6 * c.total // gpus, "optimizer": 12 * c.total // gpus,
+                    "gather_buffer": 0}
+        return {"parameters": 4 * local, "gradients": 4 * local, "optimizer": 8 * local, "gather_buffer": 0}
     frozen, t = c.total - c.trainable, c.trainable
     if zero == 3:
         return {"parameters": 2 * c.total // gpus, "gradients": 4 * t // gpus, "optimizer": 12 * t // gpus,
@@ -156,6 +185,18 @@ def kv_cache_bytes(config: Any, tokens: int, sequences: int) -> dict[str, int]:
     return {"kv_cache": 2 * 2 * layers * kv_heads * head_dim * tokens * sequences}
 
 
+def all_to_all_bytes(config: Any, c: Counts, ep: int, seq_len: int, micro_batch: int) -> int:
+    """Bytes one GPU sends by all-to-all per micro-step under expert parallelism: in every MoE layer each of its
+    tokens goes to ``top_k`` experts (hidden-size bf16 vectors), ``(ep - 1) / ep`` of them on other ranks, there
+    (dispatch) and back (combine), in the forward and again in the backward pass."""
+    if ep <= 1 or not c.moe_layers:
+        return 0
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    top_k = getattr(cfg, "num_experts_per_tok", 1) or 1
+    per_layer = seq_len * micro_batch * top_k * cfg.hidden_size * 2 * (ep - 1) // ep
+    return 2 * 2 * per_layer * c.moe_layers
+
+
 def deepspeed_estimate(c: Counts, gpus: int, zero: int) -> int | None:
     """DeepSpeed's own per-GPU model-state estimate (no offload), for comparison; None for ZeRO-0 or LoRA."""
     if c.trainable != c.total or zero not in (2, 3):
@@ -171,29 +212,48 @@ def deepspeed_estimate(c: Counts, gpus: int, zero: int) -> int | None:
 
 
 def plan(model: str, gpus: int, zero: int, lora: bool = False, seq_len: int = 2048, micro_batch: int = 1,
-         checkpointing: bool = True, rollout_tokens: int | None = None, rollout_sequences: int = 8) -> dict[str, Any]:
+         checkpointing: bool = True, rollout_tokens: int | None = None, rollout_sequences: int = 8,
+         ep: int = 1) -> dict[str, Any]:
     """Everything the ``plan`` command prints, as a dict (bytes per GPU)."""
     if gpus < 1:
         raise ValueError("--gpus must be at least 1")
+    if ep < 1 or gpus % ep:
+        raise ValueError(f"--ep {ep}: must be at least 1 and divide --gpus {gpus}")
+    if ep > 1 and lora:
+        raise ValueError("--ep with --lora: the planner counts expert parallelism for full fine-tuning only")
     if zero not in (0, 2, 3):
         raise ValueError(f"--zero {zero}: use 0 (plain DDP), 2 or 3")
     from align.config import LoraConfig
 
     config = load_config(model)
     counts = count(meta_model(config), LoraConfig() if lora else None)
-    states = model_state_bytes(counts, gpus, zero)
+    states = model_state_bytes(counts, gpus, zero, ep)
+    if ep > 1 and counts.experts and counts.experts % ep == 0 and counts.largest_block_experts % ep:
+        raise ValueError(f"--ep {ep}: the experts of a block do not split evenly")
     out: dict[str, Any] = {
-        "model": model, "gpus": gpus, "zero": zero, "lora": lora, "counts": asdict(counts),
+        "model": model, "gpus": gpus, "zero": zero, "lora": lora, "ep": ep, "counts": asdict(counts),
+        "expert_bytes_per_gpu": expert_bytes(counts, gpus, zero, ep),
+        "all_to_all_per_micro_step": all_to_all_bytes(config, counts, ep, seq_len, micro_batch),
         "model_states": states, "model_states_total": sum(states.values()),
         "activations": activation_bytes(config, seq_len, micro_batch, checkpointing),
         **kv_cache_bytes(config, rollout_tokens or seq_len, rollout_sequences),
-        "deepspeed_estimate": deepspeed_estimate(counts, gpus, zero),
+        "deepspeed_estimate": deepspeed_estimate(counts, gpus, zero) if ep == 1 else None,
         "settings": {"seq_len": seq_len, "micro_batch": micro_batch, "checkpointing": checkpointing,
                      "rollout_tokens": rollout_tokens or seq_len, "rollout_sequences": rollout_sequences},
     }
     out["training_total"] = out["model_states_total"] + out["activations"]
     out["grpo_total"] = out["training_total"] + out["kv_cache"]
     return out
+
+
+def expert_bytes(c: Counts, gpus: int, zero: int, ep: int = 1) -> int:
+    """Model-state bytes per GPU that belong to routed experts (bf16 weights, gradients, fp32 master + Adam)."""
+    e = c.experts if c.trainable == c.total else 0
+    if zero == 3:
+        return 18 * e // gpus
+    if zero == 2:
+        return 2 * e // ep + 16 * e // gpus
+    return 16 * e // ep
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -209,7 +269,8 @@ def format_plan(p: dict[str, Any]) -> str:
     def n(x: float) -> str:
         return f"{x / 1e9:.3f}B" if x >= 1e8 else f"{x / 1e6:.3f}M"
 
-    zero = {0: "plain DDP", 2: "ZeRO-2", 3: "ZeRO-3"}[p["zero"]]
+    zero = {0: "plain DDP", 2: "ZeRO-2", 3: "ZeRO-3"}[p["zero"]] + (
+        f" + expert parallelism {p['ep']}" if p.get("ep", 1) > 1 else "")
     lines = [
         f"{p['model']}: {n(c['total'])} parameters ({n(c['active'])} active per token, "
         f"{n(c['experts'])} in routed experts); trainable {n(c['trainable'])}"
@@ -220,9 +281,14 @@ def format_plan(p: dict[str, Any]) -> str:
         f"  optimizer state   {g(p['model_states']['optimizer'])}",
     ]
     if p["zero"] == 3:
+        unit = p["model_states"]["gather_buffer"] // 4 if p.get("ep", 1) > 1 else c["largest_gathered"]
         lines.append(f"  gather buffer     {g(p['model_states']['gather_buffer'])}   (largest gathered unit: "
-                     f"{n(c['largest_gathered'])} parameters)")
-    lines.append(f"  model states      {g(p['model_states_total'])}")
+                     f"{n(unit)} parameters)")
+    lines.append(f"  model states      {g(p['model_states_total'])}   (routed experts: "
+                 f"{g(p['expert_bytes_per_gpu']).strip()})")
+    if p.get("ep", 1) > 1:
+        lines.append(f"  all-to-all        {g(p['all_to_all_per_micro_step'])}   sent per GPU per micro-step (dispatch + "
+                     "combine, forward + backward)")
     if p["deepspeed_estimate"] is not None:
         ratio = p["model_states_total"] / p["deepspeed_estimate"]
         lines.append(f"  (DeepSpeed's estimator: {g(p['deepspeed_estimate']).strip()}; ours / theirs {ratio:.3f})")

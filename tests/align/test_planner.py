@@ -60,3 +60,24 @@ def test_plan_cli(tmp_path):
     assert "671.026B parameters" in proc.stdout and "DeepSpeed's estimator" in proc.stdout
     bad = run_cli("plan", "--model", str(tmp_path / "nothing"), "--gpus", "2")
     assert bad.returncode == 2 and "not a known name" in bad.stderr
+
+
+def test_expert_parallelism_dimension():
+    """--ep N: experts split over N ranks — ZeRO-2's replicated expert weights shrink by N, ZeRO-3 gathers no whole
+    MoE block, and the all-to-all each GPU sends per micro-step appears."""
+    from align.planner import plan
+
+    base2, ep2 = plan("qwen3-30b-a3b", 16, 2), plan("qwen3-30b-a3b", 16, 2, ep=16)
+    dense = base2["counts"]["total"] - base2["counts"]["experts"]
+    assert base2["model_states"]["parameters"] == 2 * base2["counts"]["total"]
+    assert ep2["model_states"]["parameters"] == 2 * (dense + base2["counts"]["experts"] // 16)
+    experts = base2["counts"]["experts"]  # bf16 weights on 1/16 of the ranks; gradients + Adam partitioned either way
+    assert ep2["expert_bytes_per_gpu"] == 2 * experts // 16 + 16 * experts // 16
+    assert base2["expert_bytes_per_gpu"] == 2 * experts + 16 * experts // 16
+    base3, ep3 = plan("qwen3-30b-a3b", 16, 3), plan("qwen3-30b-a3b", 16, 3, ep=16)
+    c = ep3["counts"]  # the largest unit is now a dense module (the embedding) or 1/16 of a block's experts
+    unit = max(c["largest_dense_module"], c["largest_block"] - c["largest_block_experts"] + c["largest_block_experts"] // 16)
+    assert ep3["model_states"]["gather_buffer"] == 4 * unit < base3["model_states"]["gather_buffer"] == 4 * c["largest_block"]
+    assert base3["all_to_all_per_micro_step"] == 0 < ep3["all_to_all_per_micro_step"]
+    with pytest.raises(ValueError, match="--ep 3: must be at least 1 and divide --gpus 16"):
+        plan("qwen3-30b-a3b", 16, 2, ep=3)
