@@ -150,11 +150,10 @@ def one_line(exc: BaseException) -> str:
         msg = f"{exc.filename}: {exc.strerror or exc}"
     elif isinstance(exc, KeyError):
         msg = str(exc.args[0]) if exc.args else "KeyError"
+    elif type(exc).__module__.split(".")[0] in ("builtins", "pyarrow"):  # not ours: its type says what went wrong
+        msg = f"{type(exc).__name__}: {exc}"
     else:
         msg = str(exc) or type(exc).__name__
-    if not isinstance(exc, (OSError, SyntaxError)) and type(exc).__module__.startswith(("pyarrow", "builtins")) \
-            and not isinstance(exc, KeyError):
-        msg = f"{type(exc).__name__}: {msg}"
     notes = [n for n in getattr(exc, "__notes__", []) if n]
     return "; ".join([msg, *notes]) if notes else msg
 

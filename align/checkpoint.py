@@ -5,8 +5,8 @@ HF Trainer writes ``checkpoint-N`` non-atomically, and on resume takes the highe
 We mark a checkpoint complete *after* the Trainer has saved it: a marker listing every file with its size and SHA-256.
 On resume, a checkpoint whose marker is missing or whose files do not match it (size *or* content: a same-size
 corruption is caught too) is moved aside to ``incomplete-checkpoint-N`` (kept, not deleted), a log line says which
-file failed, and the next one down is used. Hashing reads every byte once per save and once per resume (SHA-256 runs
-at roughly 1-2 GB/s per core), the price of never resuming from damaged weights.
+file failed, and the next one down is used. Hashing reads every byte once per save and once per resume: the price of
+never resuming from damaged weights.
 
 Resuming weights: transformers 5 saves some architectures (DeepSeek-V4) under their *original* checkpoint key names,
 and HF Trainer's resume loads ``model.safetensors`` with ``strict=False`` and no key conversion, so it matched no key,
@@ -34,11 +34,17 @@ MARKER = "align_complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file and rename, so a kill never leaves half a file."""
+def write_json_atomic(path: Path, data: Any, pad_to: int = 0) -> None:
+    """Write JSON via a temp file and rename, so a kill never leaves half a file; ``pad_to`` pads it with trailing
+    spaces (still valid JSON) to that many bytes."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text + " " * max(0, pad_to - len(text)))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 MANIFEST_RESERVE = 64 << 10
@@ -53,16 +59,10 @@ def write_manifest(path: Path, data: Any, reserve: bool = False) -> None:
     overwritten in place in the bytes it already holds: no new blocks are needed on ordinary filesystems (ext4, xfs,
     tmpfs; copy-on-write filesystems may still refuse). Trailing spaces keep it valid JSON.
     """
-    text = json.dumps(data, indent=2, default=str)
-    if reserve:
-        text += " " * max(0, MANIFEST_RESERVE - len(text))
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_json_atomic(path, data, MANIFEST_RESERVE if reserve else 0)
         return
     except OSError:
-        tmp.unlink(missing_ok=True)
         size = path.stat().st_size if path.is_file() else 0
         compact = json.dumps(data, default=str).encode()
         if len(compact) > size:
@@ -123,11 +123,6 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     if read_json(ckpt / "trainer_state.json") is None:
         return "trainer_state.json is missing or unreadable"
     return None
-
-
-def is_complete(ckpt: Path) -> bool:
-    """A checkpoint is complete when its marker exists and every listed file has its recorded size and hash."""
-    return checkpoint_problem(ckpt) is None
 
 
 def last_complete_checkpoint(stage_dir: Path, move_aside: bool = True) -> Path | None:

@@ -300,6 +300,8 @@ class StageConfig:
 
     trainer_config: ClassVar[str | None] = None
     """``module:Class`` of the TRL config the ``trainer`` block feeds (None: the kind trains nothing)."""
+    trainer_defaults: ClassVar[dict[str, Any]] = {}
+    """The kind's own defaults for that TRL config (the stage module's docstring says why); ``trainer`` overrides."""
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -312,6 +314,10 @@ class StageConfig:
         """The row schema (``data_recipes.schema`` kind) of this stage's ``split`` rows ("train" | "heldout")."""
         return self.kind
 
+    def trainer_settings(self) -> dict[str, Any]:
+        """The kind's defaults with the stage's ``trainer`` block over them (align's device defaults not included)."""
+        return {**self.trainer_defaults, **self.trainer}
+
 
 @dataclass(frozen=True)
 class SftStageConfig(StageConfig):
@@ -319,6 +325,7 @@ class SftStageConfig(StageConfig):
 
     kind: Literal["sft"] = "sft"
     trainer_config: ClassVar[str | None] = "trl:SFTConfig"
+    trainer_defaults: ClassVar[dict[str, Any]] = {"assistant_only_loss": True, "packing": False}
 
 
 @dataclass(frozen=True)
@@ -329,6 +336,7 @@ class ReasoningStageConfig(StageConfig):
     traces: TracesConfig | None = None
     """Where the traces come from (default: the recipe's)."""
     trainer_config: ClassVar[str | None] = "trl:SFTConfig"
+    trainer_defaults: ClassVar[dict[str, Any]] = {"assistant_only_loss": True, "packing": False}
 
     def row_schema(self, split: str) -> str:
         # held-out rows are graded by prompt + gold, and self-generated traces start from plain prompt rows
@@ -353,6 +361,16 @@ class GrpoStageConfig(StageConfig):
     """Every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's compressed
     attention is not padding-neutral; equal lengths also waste no compute on padding)."""
     trainer_config: ClassVar[str | None] = "trl:GRPOConfig"
+    trainer_defaults: ClassVar[dict[str, Any]] = {  # MoE/CPU defaults; stages/grpo.py's docstring gives each reason
+        "num_generations": 8,
+        "per_device_train_batch_size": 32,
+        "max_completion_length": 64,
+        "temperature": 0.3,
+        "beta": 0.0,
+        "learning_rate": 1e-4,
+        "logging_steps": 5,
+        "save_steps": 50,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

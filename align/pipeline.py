@@ -120,11 +120,7 @@ def _run_planned(cfg: PipelineConfig, only: str | None, init_from: str | Path | 
 
 def planned_steps(stage: StageConfig) -> int | None:
     """The optimizer steps a stage will take when its trainer block says (``max_steps``), else None."""
-    steps = stage.trainer.get("max_steps")
-    if steps is None and stage.kind == "grpo":
-        from stages.grpo import GRPO_DEFAULTS
-
-        steps = GRPO_DEFAULTS.get("max_steps")
+    steps = stage.trainer_settings().get("max_steps")
     return steps if isinstance(steps, int) and steps > 0 else None
 
 

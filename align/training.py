@@ -195,8 +195,7 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     args = SFTConfig(
         **{
             **trainer_defaults(ctx.stage_dir, ctx.seed),
-            "assistant_only_loss": True,
-            "packing": False,
+            **cfg.trainer_defaults,
             "router_aux_loss_coef": coef,
             **cfg.trainer,
         }

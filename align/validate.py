@@ -53,7 +53,7 @@ def template_problem(tok: Any, model_dir: str, stage: StageConfig, override: str
     if not template:
         return (f"{model_dir}: the tokenizer has no chat template (a base model?). Remedy: set model.chat_template "
                 "to a template file, or to 'plain' (a role: content template) knowingly")
-    assistant_only = stage.trainer.get("assistant_only_loss", True) if stage.kind in ("sft", "reasoning") else False
+    assistant_only = stage.trainer_settings().get("assistant_only_loss", False)  # the SFT kinds default it on
     if not assistant_only:
         return None
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
@@ -123,9 +123,10 @@ def token_limit(kind: str, trainer: dict[str, Any], max_positions: int | None) -
         default = {f.name: f.default for f in dataclasses.fields(SFTConfig)}["max_length"]
         return trainer.get("max_length", default)
     if kind == "grpo" and max_positions:
-        from stages.grpo import GRPO_DEFAULTS
+        from align.config import GrpoStageConfig
 
-        return max_positions - trainer.get("max_completion_length", GRPO_DEFAULTS["max_completion_length"])
+        return max_positions - trainer.get("max_completion_length",
+                                           GrpoStageConfig.trainer_defaults["max_completion_length"])
     return None
 
 
@@ -249,7 +250,7 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
             names.setdefault(suite.verifier, f"{where}.suites[{i}].verifier")
 
     if stage.data is not None:
-        limit = token_limit(stage.kind, stage.trainer, facts["max_positions"] if facts else None)
+        limit = token_limit(stage.kind, stage.trainer_settings(), facts["max_positions"] if facts else None)
         blocks = [("train", stage.data, stage.row_schema("train")), ("heldout", stage.data, stage.row_schema("heldout"))]
         if stage.eval.data is not None:
             blocks[1] = ("heldout", stage.eval.data, "eval")
@@ -301,9 +302,7 @@ def _check_trainer(cfg: PipelineConfig, stage: StageConfig, where: str, problems
 
     world = max(world_size(), cfg.distributed.nproc)
     if stage.kind == "grpo":
-        from stages.grpo import GRPO_DEFAULTS
-
-        t = {**GRPO_DEFAULTS, **stage.trainer}
+        t = stage.trainer_settings()
         # TRL: generation_batch_size defaults to per-device batch x steps_per_generation (default: the accumulation
         # steps) x processes, and must hold whole groups of num_generations
         steps = t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1)
@@ -323,16 +322,11 @@ def _check_trainer(cfg: PipelineConfig, stage: StageConfig, where: str, problems
 
     config_cls = trainer_config_class(stage.kind)
     name = config_cls.__name__
-    extra: dict[str, Any] = {}
-    if stage.kind == "grpo":
-        from stages.grpo import GRPO_DEFAULTS
-
-        extra = GRPO_DEFAULTS
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config_cls(**{**trainer_defaults(Path(tmp), cfg.seed), **extra, **stage.trainer})
+            config_cls(**{**trainer_defaults(Path(tmp), cfg.seed), **stage.trainer_settings()})
         except (ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             problems.append(f"{where}.trainer: TRL {name} refuses it: {first}")

@@ -9,7 +9,7 @@ the batch), with the clipped importance ratio; ``importance_sampling_level: sequ
 adds a KL term to the input model (rebuilt from its directory). Rewards never raise: a verifier error or timeout is
 that sample's status and costs its reward only (``rewards.trl_adapter``).
 
-Our MoE defaults (override any in ``trainer:``), with the reason for each:
+Our MoE defaults (``GrpoStageConfig.trainer_defaults``; override any in ``trainer:``), with the reason for each:
 - ``router_aux_loss_coef`` comes from the router policy; ``configs/default.yaml`` sets 0 for RL: the balancing loss
   pulls routing toward uniform while the policy gradient is tiny, and measured runs learned faster without it.
   The coefficient is logged each step (``aux_loss`` when non-zero).
@@ -54,18 +54,6 @@ from rewards.trl_adapter import build_reward_functions
 
 logger = logging.getLogger(__name__)
 
-GRPO_DEFAULTS: dict[str, Any] = {
-    "num_generations": 8,
-    "per_device_train_batch_size": 32,
-    "max_completion_length": 64,
-    "temperature": 0.3,
-    "beta": 0.0,
-    "learning_rate": 1e-4,
-    "logging_steps": 5,
-    "save_steps": 50,
-}
-
-
 def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     """Run the GRPO stage ``cfg`` in ``ctx``; returns the finalized result."""
     from datasets import Dataset
@@ -78,7 +66,7 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     # model: router policy, then router logits off for the rollout
     model, tok, coef = training.prepare_model(ctx, cfg)
     # TRL does not truncate GRPO prompts: a prompt longer than the model's positions would be generated from anyway
-    limit = token_limit(cfg.kind, cfg.trainer, getattr(model.config, "max_position_embeddings", None))
+    limit = token_limit(cfg.kind, cfg.trainer_settings(), getattr(model.config, "max_position_embeddings", None))
     rows = fit_rows(rows, tok, cfg.kind, limit, f"stage {cfg.name!r}")
     # every other column travels as JSON text too, so a verifier reads the whole row (``row=``)
     own = {"prompt", "answer", "verifier", "meta", "messages"}
@@ -105,7 +93,7 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     # trainer
     args = GRPOConfig(**{
         **training.trainer_defaults(ctx.stage_dir, ctx.seed),
-        **GRPO_DEFAULTS,
+        **cfg.trainer_defaults,
         "router_aux_loss_coef": coef,
         "reward_weights": weights,
         **cfg.trainer,
