@@ -246,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(format_table(rows))
+    from align.ledger import ledger_lines
+
+    for r in rows:
+        if r.get("ledger"):  # an eval stage: every suite x every graded stage, regressions flagged
+            print(f"\nskill ledger ({r['stage']}):")
+            print("\n".join(ledger_lines(r["ledger"])))
     from align.report import write_report
 
     print(f"report: {write_report(cfg.run_dir)}")

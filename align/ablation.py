@@ -134,6 +134,7 @@ def write_comparison(root: Path, results: list[tuple[str, list[str], list[dict[s
 
     columns: list[str] = []
     table: dict[str, dict[str, float | None]] = {}
+    ledgers: dict[str, dict[str, Any]] = {}
     for name, _, rows, cfg in results:
         vals: dict[str, float | None] = {}
         for r, stage in zip(rows, cfg.stages):
@@ -142,6 +143,8 @@ def write_comparison(root: Path, results: list[tuple[str, list[str], list[dict[s
                 m = checkpoint.read_json(cfg.run_dir / stage_dir_name(cfg.stages.index(stage), stage) / "manifest.json")
                 for suite, res in (m or {}).get("metrics", {}).get("suites", {}).items():
                     vals[f"{r['stage']}:{suite}"] = res["accuracy"]
+                if (m or {}).get("metrics", {}).get("ledger"):
+                    ledgers[name] = m["metrics"]["ledger"]
         table[name] = vals
         columns += [c for c in vals if c not in columns]
     lines = [f"# Ablation: {root.name}", "", "Held-out greedy accuracy per stage (and per eval suite) for each variant; "
@@ -165,6 +168,21 @@ def write_comparison(root: Path, results: list[tuple[str, list[str], list[dict[s
     fig.savefig(root / "ablation.png", dpi=100)
     plt.close(fig)
     lines += ["", "![accuracy by stage and variant](ablation.png)", ""]
+    if ledgers:  # the skill ledgers side by side: each suite's value after the last graded stage, and regressions
+        suites = list(dict.fromkeys(s for led in ledgers.values() for s in led["suites"]))
+        lines += ["## Skill ledgers", "", "Each suite after the last graded stage (95 % interval), and the regressions "
+                  "of each variant's ledger (a drop of more than 3 points from the best earlier stage).", "",
+                  "| variant | " + " | ".join(suites) + " | regressions (on trained suites) |",
+                  "|---|" + "---|" * (len(suites) + 1)]
+        for name, led in ledgers.items():
+            last = led["stages"][-1]
+            cells = []
+            for s in suites:
+                c = led["suites"].get(s, {}).get("stages", {}).get(last)
+                cells.append("-" if c is None else f"{c['accuracy']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]")
+            regs = led["regressions"]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(regs)} ({sum(r['trained'] for r in regs)}) |")
+        lines.append("")
     path = root / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -150,7 +150,12 @@ class SourceConfig:
     """Keyword arguments for the recipe."""
     replay: bool = False
     """Rows of an earlier stage's task, mixed in against forgetting: a reasoning stage does not require a
-    ``<think>`` trace in them (they are checked as plain SFT rows)."""
+    ``<think>`` trace in them (they are checked as plain SFT rows). Give them the mode they were taught in
+    (``thinking: false`` for answer-only rows), so the model keeps both modes apart."""
+    thinking: bool | None = None
+    """The mode of this source's rows that name none (``align.thinking``): true = the model reasons in ``<think>``
+    first, false = the template's non-thinking prompt and a direct answer. Default: what the row's assistant turn
+    shows (a ``<think>`` block or not), else the stage kind's (grpo: thinking)."""
 
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.path is None):
@@ -247,6 +252,9 @@ class SuiteConfig:
     """Grade every row with this verifier instead of the row's own (e.g. ``math`` for arithmetic answers)."""
     max_new_tokens: int | None = None
     """Generation budget; default: the built-in suite's, else the stage's ``eval.max_new_tokens``."""
+    thinking: bool | None = None
+    """Grade in thinking (true) or non-thinking (false) mode (``align.thinking``); default: the built-in suite's
+    (``data_recipes.suites.SUITES``), else the template's default."""
 
     def __post_init__(self) -> None:
         from data_recipes.suites import SUITES
@@ -303,6 +311,9 @@ class StageConfig:
     trainer_defaults: ClassVar[dict[str, Any]] = {}
     """The kind's own defaults for that TRL config (the stage module's docstring says why); ``trainer`` overrides."""
     needs_data: ClassVar[bool] = True
+    thinking_default: ClassVar[bool | None] = None
+    """The mode of this kind's prompt-only rows that name none, where the chat template has the switch (rows with an
+    assistant turn take the mode it shows: a ``<think>`` block or not; ``align.thinking``)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -337,6 +348,7 @@ class ReasoningStageConfig(StageConfig):
     """Where the traces come from (default: the recipe's)."""
     trainer_config: ClassVar[str | None] = "trl:SFTConfig"
     trainer_defaults: ClassVar[dict[str, Any]] = {"assistant_only_loss": True, "packing": False}
+    thinking_default: ClassVar[bool | None] = True
 
     def row_schema(self, split: str) -> str:
         # held-out rows are graded by prompt + gold, and self-generated traces start from plain prompt rows
@@ -361,6 +373,7 @@ class GrpoStageConfig(StageConfig):
     """Every rollout batch holds prompts of one token length, so no prompt is left-padded (DeepSeek-V4's compressed
     attention is not padding-neutral; equal lengths also waste no compute on padding)."""
     trainer_config: ClassVar[str | None] = "trl:GRPOConfig"
+    thinking_default: ClassVar[bool | None] = True
     trainer_defaults: ClassVar[dict[str, Any]] = {  # MoE/CPU defaults; stages/grpo.py's docstring gives each reason
         "num_generations": 8,
         "per_device_train_batch_size": 32,

@@ -15,6 +15,13 @@ from rewards.grading import GradingReport, grade_rows, row_gold
 logger = logging.getLogger(__name__)
 
 
+def row_modes(rows: list[dict[str, Any]]) -> list[bool | None]:
+    """Each row's thinking mode (``align.thinking``), for ``generate``."""
+    from align.thinking import row_thinking
+
+    return [row_thinking(r) for r in rows]
+
+
 def prompt_and_gold(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     """The prompt messages and the gold answer of a row (``rewards.grading.row_gold``)."""
     return row.get("prompt") or row["messages"][:-1], row_gold(row)
@@ -22,12 +29,15 @@ def prompt_and_gold(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
 
 @torch.no_grad()
 def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int,
-             desc: str = "generate", **gen_kwargs: Any) -> list[str]:
-    """Decode completions for chat prompts (left-padded batches, router logits off)."""
+             desc: str = "generate", modes: list[bool | None] | None = None, **gen_kwargs: Any) -> list[str]:
+    """Decode completions for chat prompts (left-padded batches, router logits off), each rendered in its mode
+    (``modes``: thinking / non-thinking / None = the template's default, ``align.thinking``)."""
+    from align.thinking import render_prompt
+
     was_training = model.training
     model.eval()
     tok.padding_side = "left"
-    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [render_prompt(tok, p, m) for p, m in zip(prompts, modes or [None] * len(prompts), strict=True)]
     # Batch only prompts of equal token length: left padding is not neutral for every architecture (DeepSeek-V4's
     # compressed-sparse-attention layers pool pad positions into their blocks: logits move by ~0.1 when a prompt is
     # left-padded), so greedy grading never pads. Results come back in the input order.
@@ -61,7 +71,7 @@ def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_toke
     if not rows:
         return GradingReport().as_dict()
     completions = generate(model, tok, [prompt_and_gold(r)[0] for r in rows], max_new_tokens, batch_size,
-                           desc="held-out")
+                           desc="held-out", modes=row_modes(rows))
     return GradingReport.build(rows, completions, grade_rows(rows, completions)).as_dict()
 
 

@@ -28,14 +28,18 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 THINK_TOKENS = ("<think>", "</think>")
 # The end-of-turn token sits inside {% generation %} so assistant-only loss teaches the model to stop.
+# Thinking modes (align.thinking), Qwen3's convention: enable_thinking=false puts an empty <think></think> after the
+# assistant marker, outside {% generation %} (it is prompt: never trained on, never sampled); unset or true renders
+# as before and the model opens <think> itself.
+_NO_THINK = "{%- if enable_thinking is defined and enable_thinking is false -%}<think></think>{%- endif -%}"
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
-    "{%- if m['role'] == 'assistant' -%}<|assistant|>{% generation %}"
+    "{%- if m['role'] == 'assistant' -%}<|assistant|>" + _NO_THINK + "{% generation %}"
     "{%- if m.get('reasoning_content') -%}<think>{{ m['reasoning_content'] }}</think>{%- endif -%}"
     "{{ m['content'] }}<|end|>{% endgeneration %}"
     "{%- else -%}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>" + _NO_THINK + "{%- endif -%}"
 )
 
 

@@ -343,7 +343,7 @@ def _summary(stage: StageConfig, manifest: dict[str, Any], skipped: bool) -> dic
         "heldout_n": metrics.get("heldout_n"), "skipped": skipped,
         "by_verifier": metrics.get("heldout_by_verifier") or {},
         "by_verifier_before": metrics.get("heldout_by_verifier_before") or {},
-        "final_dir": manifest.get("final_dir"),
+        "final_dir": manifest.get("final_dir"), "ledger": metrics.get("ledger"),
     }
 
 

@@ -229,6 +229,12 @@ def write_report(run_dir: str | Path) -> Path:
                                                           if pk else ""))
             lines.append(f"| {s} | {ev['metrics']['suites'][s]['n']} | " + " | ".join(cells) + " |")
         lines.append("")
+        if ev["metrics"].get("ledger"):
+            from align.ledger import ledger_lines
+
+            lines += ["### Skill ledger", "", "Each graded model in pipeline order, greedy accuracy with its 95 % "
+                      "Wilson interval; a drop of more than 3 points from the best earlier stage is a regression.", "",
+                      *ledger_lines(ev["metrics"]["ledger"]), ""]
         lines += ["| suite | statuses | mean length (tokens) |", "|---|---|---|"]
         for s, r in ev["metrics"].get("suites", {}).items():
             lines.append(f"| {s} | {', '.join(f'{k} {v}' for k, v in r.get('statuses', {}).items())} | "

@@ -183,6 +183,14 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     return model, tok, coef
 
 
+def resolve_modes(cfg: Any, ctx: Any, tok: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage's rows with their thinking modes (``align.thinking.resolve``: the row's, its source's, what its
+    assistant turn shows, the kind's default), refused when the template cannot express a mode they ask for."""
+    from align.thinking import resolve
+
+    return resolve(rows, cfg.thinking_default, tok, f"stage {cfg.name!r}", str(ctx.init_dir))
+
+
 def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: Any, coef: float) -> tuple[Any, Any]:
     """SFT on chat rows with TRL's SFTTrainer (assistant-only loss, MoE aux loss); returns (trainer, train output)."""
     from datasets import Dataset
@@ -203,7 +211,13 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     from align.validate import fit_rows
 
     rows = fit_rows(rows, tok, "sft", args.max_length, f"stage {cfg.name!r}")  # TRL would truncate: drop instead
-    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    from align.thinking import row_thinking, template_kwargs
+
+    # each row rendered in its mode: TRL passes a row's chat_template_kwargs to the template (Qwen3's enable_thinking)
+    moded = any(row_thinking(r) is not None for r in rows)
+    dataset = Dataset.from_list([{"messages": r["messages"],
+                                  **({"chat_template_kwargs": template_kwargs(row_thinking(r))} if moded else {})}
+                                 for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          callbacks=[CompleteCheckpointCallback()])
     return trainer, train(trainer, ctx.stage_dir, ctx)

@@ -97,20 +97,24 @@ def model_facts(path: Path | None, preset: str | None, overrides: dict[str, Any]
     text = config.get("text_config") or config
     experts = next((text[k] for k in ("n_routed_experts", "num_experts", "num_local_experts") if text.get(k)), None)
     return {"experts": experts, "top_k": text.get("num_experts_per_tok"),
-            "max_positions": text.get("max_position_embeddings"), "tokenizer": tok}
+            "max_positions": text.get("max_position_embeddings"), "tokenizer": tok,
+            "name": str(path) if path is not None else f"preset {preset}"}
 
 
 # -------------------------------------------------------------------------------------------- rows and limits
 
 
 def row_tokens(tok: Any, row: dict[str, Any], kind: str) -> int:
-    """Tokens a stage feeds for ``row``: the whole chat for sft/reasoning, the prompt with the generation prompt for
-    grpo/eval."""
+    """Tokens a stage feeds for ``row`` in its mode (``align.thinking``): the whole chat for sft/reasoning, the prompt
+    with the generation prompt for grpo/eval."""
+    from align.thinking import row_thinking, template_kwargs
+
+    mode = template_kwargs(row_thinking(row))
     if kind in ("sft", "reasoning"):
-        ids = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True, **mode)["input_ids"]
     else:
-        ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                      return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True,
+                                      **mode)["input_ids"]
     return len(ids)
 
 
@@ -248,6 +252,15 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
     for i, suite in enumerate(getattr(stage, "suites", ())):
         if suite.verifier:
             names.setdefault(suite.verifier, f"{where}.suites[{i}].verifier")
+    asking = [i for i, s in enumerate(getattr(stage, "suites", ())) if s.thinking is not None]
+    if asking and facts and facts["tokenizer"] is not None:
+        from align.thinking import has_switch
+
+        if not has_switch(facts["tokenizer"]):
+            problems.append(f"{where}.suites[{asking[0]}].thinking: the chat template of {facts['name']} renders the "
+                            "same generation prompt with enable_thinking true and false, so it cannot express the "
+                            "mode; use a template with the switch (model.chat_template=align, or your own that reads "
+                            "enable_thinking or thinking) or drop the suite's thinking:")
 
     if stage.data is not None:
         limit = token_limit(stage.kind, stage.trainer_settings(), facts["max_positions"] if facts else None)
@@ -261,6 +274,14 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
                 problems.append(f"{where}.data ({split}): {str(exc).strip(chr(39) + chr(34))}")
                 continue
             info[f"rows_{split}"] = len(rows)
+            if facts and facts["tokenizer"] is not None:
+                from align.thinking import has_switch, mode_problem, with_modes
+
+                switch = has_switch(facts["tokenizer"])
+                problem = mode_problem(rows, switch, f"{where}.data ({split})", facts["name"])
+                if problem:
+                    problems.append(problem)
+                rows = with_modes(rows, stage.thinking_default, switch)
             for j, r in enumerate(rows):
                 if r.get("verifier"):
                     names.setdefault(r["verifier"], f"{where}.data ({split} row {j + 1}, column 'verifier')")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -23,15 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion ``p`` over ``n`` trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+from align.ledger import ledger_lines, wilson  # noqa: E402 - the repository root first
 
 
 def stage_results(run_dir: Path) -> dict[str, dict]:
@@ -55,6 +48,7 @@ def same_heldout(run_dir: Path, config: str, seed: int, overrides: list[str]) ->
     from align import evaluation, modeling
     from align.config import load_config
     from align.pipeline import stage_dir_name
+    from align.thinking import resolve
     from data_recipes import build_rows
 
     cfg = load_config(config, [f"seed={seed}", *overrides])
@@ -64,8 +58,10 @@ def same_heldout(run_dir: Path, config: str, seed: int, overrides: list[str]) ->
     for i, stage in enumerate(cfg.stages[: grpo[0] + 1]):
         if stage.kind == "eval":
             continue
-        model, tok = modeling.load_model(run_dir / stage_dir_name(i, stage) / "final")
-        out[stage.name] = evaluation.grade_heldout(model, tok, rows, grpo[1].eval.max_new_tokens,
+        final = run_dir / stage_dir_name(i, stage) / "final"
+        model, tok = modeling.load_model(final)
+        moded = resolve(rows, grpo[1].thinking_default, tok, f"stage {grpo[1].name!r}", str(final))  # as the stage
+        out[stage.name] = evaluation.grade_heldout(model, tok, moded, grpo[1].eval.max_new_tokens,
                                                    grpo[1].eval.batch_size)["accuracy"]
     cache.write_text(json.dumps(out))
     return out
@@ -120,6 +116,16 @@ def main() -> None:
           f"worst {100 * min(gains_before):+.1f}")
     print(f"pipeline wall time: max {max(walls.values()):.0f} s (target <= 600 s; with --summarize-only: the sum of "
           "stage wall times)")
+    for seed in args.seeds:  # the eval stage's skill ledger: every suite x every graded stage, regressions flagged
+        for manifest in sorted((Path(args.out) / f"seed{seed}").glob("[0-9][0-9]_*/manifest.json")):
+            ledger = json.loads(manifest.read_text()).get("metrics", {}).get("ledger")
+            if ledger:
+                print(f"\nseed {seed}, skill ledger of {manifest.parent.name}:")
+                print("\n".join(ledger_lines(ledger)))
+                depth = (json.loads(manifest.read_text())["metrics"]["suites"].get("needle") or {}).get(
+                    "accuracy_by_depth")
+                if depth:
+                    print("needle by depth (final model): " + ", ".join(f"{float(d):.0%} {a:.3f}" for d, a in depth.items()))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def row_problem(row: Any, kind: str) -> str | None:
             return f"'answer' {problem}"
         if not isinstance(row.get("verifier"), str) or not row["verifier"]:
             return "'verifier' must name a verifier"
+    if row.get("thinking") is not None and not isinstance(row["thinking"], bool):
+        return f"'thinking' must be true, false or absent, got {row['thinking']!r}"
     if "meta" in row and row["meta"] is not None and not isinstance(row["meta"], dict):
         return f"'meta' must be a mapping, got {type(row['meta']).__name__}"
     return None

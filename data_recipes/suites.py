@@ -23,15 +23,17 @@ from data_recipes.splits import in_heldout
 
 Split = Literal["train", "heldout"]
 
-# name -> (recipe, recipe kwargs, verifier override or None, max_new_tokens)
-SUITES: dict[str, tuple[str, dict[str, Any], str | None, int]] = {
-    "arithmetic": ("arithmetic", {"digits": 2, "ops": ["+", "-"]}, None, 32),
-    "math": ("arithmetic", {"digits": 3, "ops": ["+", "-"]}, "math", 48),
-    "code": ("code_functions", {}, None, 96),
-    "needle": ("needle", {"context_chars": 400, "depths": [0.05, 0.5, 0.95]}, None, 32),
-    "needle_long": ("needle", {"context_chars": 2000, "depths": [0.05, 0.5, 0.95]}, None, 32),
-    "two_hop": ("two_hop", {"context_chars": 400}, None, 32),
-    "instructions": ("instructions", {}, None, 64),
+# name -> (recipe, recipe kwargs, verifier override or None, max_new_tokens, thinking mode). The mode is the one a
+# hybrid model is asked in (``align.thinking``; a suite's ``thinking:`` overrides it; a template without the switch
+# renders its one mode): answer-only skills without reasoning, the multi-step math suite with it.
+SUITES: dict[str, tuple[str, dict[str, Any], str | None, int, bool]] = {
+    "arithmetic": ("arithmetic", {"digits": 2, "ops": ["+", "-"]}, None, 32, False),
+    "math": ("arithmetic", {"digits": 3, "ops": ["+", "-"]}, "math", 48, True),
+    "code": ("code_functions", {}, None, 96, False),
+    "needle": ("needle", {"context_chars": 400, "depths": [0.05, 0.5, 0.95]}, None, 32, False),
+    "needle_long": ("needle", {"context_chars": 2000, "depths": [0.05, 0.5, 0.95]}, None, 32, False),
+    "two_hop": ("two_hop", {"context_chars": 400}, None, 32, False),
+    "instructions": ("instructions", {}, None, 64, False),
 }
 
 

@@ -44,20 +44,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def suite_rows(suite: Any, seed: int) -> tuple[list[dict[str, Any]], int | None]:
-    """The held-out rows of a suite and its generation budget (None: the stage's)."""
+def suite_rows(suite: Any, seed: int, switch: bool = True) -> tuple[list[dict[str, Any]], int | None]:
+    """The held-out rows of a suite, each in the suite's thinking mode (its ``thinking:``, else the built-in suite's;
+    only where the template has the switch, ``switch``), and its generation budget (None: the stage's)."""
     recipe, kwargs, verifier, budget = suite.recipe, dict(suite.kwargs), suite.verifier, suite.max_new_tokens
+    mode = suite.thinking
     if suite.recipe is None:
-        recipe, base_kwargs, base_verifier, base_budget = SUITES[suite.name]
+        recipe, base_kwargs, base_verifier, base_budget, base_mode = SUITES[suite.name]
         kwargs = {**base_kwargs, **kwargs}
         verifier = verifier or base_verifier
         budget = budget or base_budget
+        mode = base_mode if mode is None and switch else mode
     try:
         rows = resolve_recipe(recipe)(split="heldout", n=suite.n, seed=seed, **kwargs)
     except (TypeError, ValueError) as exc:
         raise DataError(f"suite {suite.name!r} (recipe {recipe!r}, kwargs {kwargs}): {exc}") from None
     if verifier:
         rows = [{**r, "verifier": verifier} for r in rows]
+    if mode is not None:
+        rows = [{**r, "thinking": mode} for r in rows]
     return rows, budget
 
 
@@ -66,7 +71,8 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     """Greedy accuracy, pass@k over ``samples`` sampled completions, statuses, mean length, accuracy by depth."""
     pairs = [evaluation.prompt_and_gold(r) for r in rows]
     prompts = [p for p, _ in pairs]
-    greedy = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval greedy")
+    modes = evaluation.row_modes(rows)
+    greedy = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval greedy", modes=modes)
     verdicts = grade_rows(rows, greedy)  # the training verifiers, their budgets, through the one grading path
     report = GradingReport.build(rows, greedy, verdicts)
     lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in greedy]
@@ -83,7 +89,7 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     if by_depth and len(by_depth) <= 20:
         out["accuracy_by_depth"] = {str(d): sum(a) / len(a) for d, a in sorted(by_depth.items())}
     if samples:
-        sampled = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval sampled",
+        sampled = evaluation.generate(model, tok, prompts, max_new_tokens, batch_size, desc="eval sampled", modes=modes,
                                       do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                       num_return_sequences=samples)
         sampled_verdicts = grade_rows([r for r in rows for _ in range(samples)], sampled)
@@ -97,11 +103,17 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
 def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None = None,
                 system_prompt: str | None = None) -> dict[str, Any]:
     """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``."""
+    from align.thinking import has_switch, mode_problem
+
     model, tok = modeling.load_model(model_dir, chat_template=chat_template)
     model.config.output_router_logits = False
+    switch = has_switch(tok)
     out: dict[str, Any] = {}
     for suite in cfg.suites:
-        rows, budget = suite_rows(suite, seed)
+        rows, budget = suite_rows(suite, seed, switch)
+        problem = mode_problem(rows, switch, f"suite {suite.name!r}", str(model_dir))
+        if problem:
+            raise DataError(problem)
         if system_prompt:
             rows = [with_system_prompt(r, system_prompt) for r in rows]
         res = grade_suite(model, tok, rows, budget or cfg.eval.max_new_tokens, cfg.eval.batch_size,
@@ -110,6 +122,38 @@ def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None =
                     f", pass@k {res['pass_at_k']}" if "pass_at_k" in res else "")
         out[suite.name] = res
     return out
+
+
+def skill_ledger(cfg: EvalStageConfig, ctx: StageContext, by_stage: dict[str, Any], suites: dict[str, Any]) -> dict:
+    """The skill ledger (``align.ledger``) of the graded models in pipeline order (compared stages by their folder
+    index, then this stage's input), each suite marked with the stages whose data used its recipe (read from their
+    manifests)."""
+    import json
+    import re
+
+    from align.ledger import build_ledger
+    from align.report import model_label
+
+    def folder(model_dir: Any) -> Any:
+        return model_dir.parent if model_dir.name == "final" else None
+
+    order = sorted(by_stage, key=lambda name: str(ctx.final_dir_of(name)))  # NN_<stage>/final: pipeline order
+    graded = {name: by_stage[name] for name in order}
+    label = model_label(ctx.init_dir)
+    if label not in graded:
+        graded[label] = suites
+    recipes: dict[str, set[str]] = {}  # stage -> recipes its data used
+    for name in graded:
+        d = folder(ctx.final_dir_of(name)) if name in by_stage else folder(ctx.init_dir)
+        manifest = d / "manifest.json" if d is not None else None
+        if manifest is not None and manifest.is_file() and re.match(r"^\d+_", d.name):
+            sources = (json.loads(manifest.read_text()).get("data") or {}).get("sources") or []
+            recipes[name] = {s.get("recipe") for s in sources if s.get("recipe")}
+    trained_by = {}
+    for suite in cfg.suites:
+        recipe = suite.recipe or SUITES[suite.name][0]
+        trained_by[suite.name] = [name for name in graded if recipe in recipes.get(name, set())]
+    return build_ledger(graded, trained_by)
 
 
 def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
@@ -130,7 +174,8 @@ def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
         by_stage[name] = {k: {m: v[m] for m in ("accuracy", "n", "pass_at_k", "accuracy_by_depth") if m in v}
                           for k, v in graded.items()}
     n = sum(s["n"] for s in suites.values())
-    metrics = {"suites": suites, "by_stage": by_stage,
+    ledger = skill_ledger(cfg, ctx, by_stage, suites)
+    metrics = {"suites": suites, "by_stage": by_stage, "ledger": ledger,
                "heldout_accuracy": sum(s["accuracy"] * s["n"] for s in suites.values()) / n, "heldout_n": n,
                "heldout_by_verifier": {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in suites.items()}}
     return StageResult(final_dir=ctx.init_dir, steps=0, metrics=metrics, extra={"suites": list(suites)})

@@ -47,6 +47,7 @@ from align import evaluation, training
 from align.config import GrpoStageConfig
 from align.lora import wrap_lora
 from align.stage import StageContext, StageResult
+from align.thinking import render_prompt, row_thinking
 from align.validate import fit_rows, token_limit
 from data_recipes import build_rows
 from rewards.think_format import template_prefills_think
@@ -65,13 +66,16 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
 
     # model: router policy, then router logits off for the rollout
     model, tok, coef = training.prepare_model(ctx, cfg)
+    rows, heldout = training.resolve_modes(cfg, ctx, tok, rows), training.resolve_modes(cfg, ctx, tok, heldout)
     # TRL does not truncate GRPO prompts: a prompt longer than the model's positions would be generated from anyway
     limit = token_limit(cfg.kind, cfg.trainer_settings(), getattr(model.config, "max_position_embeddings", None))
     rows = fit_rows(rows, tok, cfg.kind, limit, f"stage {cfg.name!r}")
-    # every other column travels as JSON text too, so a verifier reads the whole row (``row=``)
+    # every other column travels as JSON text too, so a verifier reads the whole row (``row=``). Prompts go in as the
+    # text the template renders in each row's mode (TRL applies one set of template kwargs to a whole batch; a
+    # reasoning row and a non-thinking replay row differ); AlignGRPOTrainer tokenizes them as apply_chat_template would.
     own = {"prompt", "answer", "verifier", "meta", "messages"}
     dataset = Dataset.from_list([
-        {"prompt": r["prompt"], "answer": r["answer"], "verifier": r["verifier"],
+        {"prompt": render_prompt(tok, r["prompt"], row_thinking(r)), "answer": r["answer"], "verifier": r["verifier"],
          "meta": json.dumps(r["meta"]) if r.get("meta") is not None else "",
          "columns": json.dumps({k: v for k, v in r.items() if k not in own}, default=str)}
         for r in rows
@@ -85,7 +89,7 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
     # rewards: one TRL reward function per verifier spec, weights to GRPOConfig. Whether the chat template pre-fills
     # <think> is decided once here from the template, not guessed per sample.
     specs = list(cfg.verifiers)
-    rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+    rendered = render_prompt(tok, [{"role": "user", "content": "x"}], True)
     if template_prefills_think(rendered):
         specs = [replace(s, kwargs={"prefilled": True, **s.kwargs}) if s.name == "think_format" else s for s in specs]
     reward_funcs, weights = build_reward_functions(specs)
@@ -98,7 +102,7 @@ def run(cfg: GrpoStageConfig, ctx: StageContext) -> StageResult:
         "reward_weights": weights,
         **cfg.trainer,
     })
-    lengths = prompt_lengths(tok, [r["prompt"] for r in rows]) if cfg.group_by_length else None
+    lengths = prompt_lengths(tok, dataset["prompt"]) if cfg.group_by_length else None
     trainer = AlignGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                reward_funcs=reward_funcs, callbacks=[training.CompleteCheckpointCallback()],
                                prompt_lengths=lengths, routing_replay=cfg.routing_replay)
@@ -190,6 +194,14 @@ class AlignGRPOTrainer(GRPOTrainer):
 
             self.replay = RoutingReplay(self.model)
             self._replay_mode = routing_replay
+
+    def _tokenize_prompts(self, prompts: list) -> Any:
+        # Prompts arrive rendered (each row in its thinking mode, see run): tokenize them as apply_chat_template does,
+        # without the tokenizer's own special tokens (the template already wrote any BOS; TRL's plain-text path would
+        # add a second one).
+        if prompts and isinstance(prompts[0], str):
+            return self.processing_class(text=prompts, add_special_tokens=False)["input_ids"], None, {}
+        return super()._tokenize_prompts(prompts)
 
     def _get_train_sampler(self, dataset: Any = None) -> Any:
         base = super()._get_train_sampler(dataset)

@@ -33,7 +33,8 @@ def sample_accepted_traces(model: Any, tok: Any, rows: list[dict[str, Any]], tra
     pairs = [evaluation.prompt_and_gold(r) for r in rows]
     samples = evaluation.generate(
         model, tok, [p for p, _ in pairs], traces.max_new_tokens, batch_size=max(1, 256 // traces.k),
-        desc="rejection sampling", do_sample=True, temperature=traces.temperature, top_k=0,
+        desc="rejection sampling", modes=evaluation.row_modes(rows), do_sample=True, temperature=traces.temperature,
+        top_k=0,
         num_return_sequences=traces.k,
     )
     # every sample must pass its row's own verifier and every trace filter (the one grading path, with budgets)
@@ -61,6 +62,7 @@ def run(cfg: ReasoningStageConfig, ctx: StageContext) -> StageResult:
 
     # model: the input model (also the sampler for self-generated traces)
     model, tok, coef = training.prepare_model(ctx, cfg)
+    rows, heldout = training.resolve_modes(cfg, ctx, tok, rows), training.resolve_modes(cfg, ctx, tok, heldout)
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "trace_source": source}
     evaluation.grade_before(model, tok, cfg, heldout, metrics)
     if source == "self":

@@ -30,6 +30,8 @@ def run(cfg: SftStageConfig, ctx: StageContext) -> StageResult:
 
     # model: plain HF dir in, router policy applied
     model, tok, coef = training.prepare_model(ctx, cfg)
+    train_rows = training.resolve_modes(cfg, ctx, tok, train_rows)
+    heldout = training.resolve_modes(cfg, ctx, tok, heldout)
     metrics: dict[str, Any] = {"aux_loss_coef": coef}
     evaluation.grade_before(model, tok, cfg, heldout, metrics)
 

@@ -48,7 +48,7 @@ def test_suite_is_deterministic_graded_by_intended_verifier_and_held_out(name):
         assert v(ref, gold, **meta).accepted, (name, ref, gold)
         assert not v("", gold, **meta).accepted
     # disjoint from the recipe's training split, whatever seed training used
-    recipe, kwargs, _, _ = SUITES[name]
+    recipe, kwargs, *_ = SUITES[name]
     for seed in (0, 3):
         train = resolve_recipe(recipe)(split="train", n=400, seed=seed, **kwargs)
         assert not set(prompts) & {r["prompt"][-1]["content"] for r in train}

@@ -1,0 +1,193 @@
+"""Can the tiny DeepSeek-V4 preset learn needle retrieval, and what in its attention layout decides it?
+
+    python bench/retrieval_layout.py [--steps 600] [--variants base,sw512,...] [--parallel 1] [--device cpu]
+
+Each variant trains a fresh preset model (seed 0) on needle rows (answer only, the code word after a filler context)
+with a plain AdamW loop on the assistant tokens — the same loss the SFT stage's assistant-only mode computes, without
+TRL, so many variants fit one run — and grades greedy retrieval every ``--eval-every`` steps on the ``needle`` eval
+suite's problems (held-out code words, 400-character context, needle at 5 / 50 / 95 % depth). Variants differ in the
+model's attention layout (``sliding_window``, which layers use compressed-sparse attention) and the training
+contexts' lengths. Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
+preset as shipped, same run). ``--parallel N`` runs N variants at once, each with ``--threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SLIDING, CSA = "sliding_attention", "compressed_sparse_attention"
+# variant -> model config overrides, training context characters (min, max), and optionally another preset, learning
+# rate, batch size, or the loss on every token (``full_loss``) instead of the assistant turn only
+SW = {"sliding_window": 512}
+VARIANTS: dict[str, dict] = {
+    "base": {"context": (400, 400)},
+    "base-mixed": {"context": (40, 400)},
+    "sw512": {"overrides": SW, "context": (400, 400)},
+    "sw512-mixed": {"overrides": SW, "context": (40, 400)},
+    "sw512-short": {"overrides": SW, "context": (40, 160)},
+    "all-sliding-512-mixed": {"overrides": {**SW, "layer_types": [SLIDING] * 3}, "context": (40, 400)},
+    "csa-first-512-mixed": {"overrides": {**SW, "layer_types": [CSA, SLIDING, SLIDING]}, "context": (40, 400)},
+    "sw512-mixed-topk32": {"overrides": {**SW, "index_topk": 32}, "context": (40, 400)},
+    "qwen3-moe-short": {"context": (40, 160), "preset": "tiny-qwen3-moe"},
+    "sw512-tiny": {"overrides": SW, "context": (10, 40)},
+    "sw512-tiny-lr1e-3": {"overrides": SW, "context": (10, 40), "lr": 1e-3},
+    "sw512-tiny-kv4": {"overrides": {**SW, "num_key_value_heads": 4}, "context": (10, 40)},
+    "sw512-tiny-full-loss": {"overrides": SW, "context": (10, 40), "full_loss": True},
+    "sw512-tiny-b64": {"overrides": SW, "context": (10, 40), "batch": 64},
+    "sw512-tiny-4layers": {"overrides": {**SW, "num_hidden_layers": 4, "layer_types": [SLIDING] * 3 + [CSA],
+                                         "mlp_layer_types": ["hash_moe", "moe", "moe", "moe"]}, "context": (10, 40)},
+    "sw512-tiny-wide": {"overrides": {**SW, "hidden_size": 128, "num_key_value_heads": 4}, "context": (10, 40)},
+    "qwen3-moe-tiny": {"context": (10, 40), "preset": "tiny-qwen3-moe"},
+}
+
+
+def encode(tok, rows: list[dict], full_loss: bool = False) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels with -100 outside the assistant turn unless ``full_loss``) per row, through the preset's
+    chat template."""
+    out = []
+    for r in rows:
+        enc = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = enc["input_ids"], enc["assistant_masks"]
+        out.append((ids, [t if m or full_loss else -100 for t, m in zip(ids, mask)]))
+    return out
+
+
+@torch.no_grad()
+def greedy(model, tok, rows: list[dict], device: str, max_new: int = 6) -> list[str]:
+    """Greedy completions, one batch per prompt length (no padding), full forward per token (no cache needed)."""
+    model.eval()
+    texts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    out = [""] * len(rows)
+    for idx in by_len.values():
+        x = torch.tensor([ids[i] for i in idx], device=device)
+        new = []
+        for _ in range(max_new):
+            nxt = model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)
+            new.append(nxt)
+            x = torch.cat([x, nxt], 1)
+        gen = torch.cat(new, 1).tolist()
+        for j, i in enumerate(idx):
+            ids_j = gen[j][: gen[j].index(tok.eos_token_id)] if tok.eos_token_id in gen[j] else gen[j]  # stop at EOS
+            out[i] = tok.decode(ids_j, skip_special_tokens=True)
+    model.train()
+    return out
+
+
+def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, device: str, threads: int,
+                seed: int, max_seconds: float) -> dict:
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from align import modeling
+    from data_recipes.needle import needle
+    from rewards.retrieval import verify as retrieval
+
+    torch.set_num_threads(threads)
+    v = VARIANTS[name]
+    (lo, hi), lr, batch = v["context"], v.get("lr", lr), v.get("batch", batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = modeling.build_base(v.get("preset", "tiny-deepseek-v4"), v.get("overrides", {}), seed, tmp)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        tok = modeling.build_tokenizer()
+    rng = random.Random(seed)
+    # training rows: context lengths spread over [lo, hi] in 8 bands (each band its own recipe call, as a data mixture)
+    bands = sorted({lo + (hi - lo) * k // 7 for k in range(8)}) if hi > lo else [lo]
+    train = []
+    per = steps * batch // len(bands) + 1
+    for k, chars in enumerate(bands):
+        train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars), v.get("full_loss", False))
+    rng.shuffle(train)
+    suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95])
+    own = needle("heldout", 60, seed + 1, context_chars=hi)  # the longest training context, random depth
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    history, times = [], []
+    start = time.monotonic()
+    for step in range(1, steps + 1):
+        last = step == steps or time.monotonic() - start > max_seconds  # a wall-clock budget ends the run early
+        chunk = train[(step - 1) * batch: step * batch]
+        width = max(len(ids) for ids, _ in chunk)
+        x = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i, _ in chunk], device=device)
+        y = torch.tensor([[-100] * (width - len(lab)) + lab for _, lab in chunk], device=device)
+        att = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(i) for i, _ in chunk],
+                                                                          device=device)[:, None]).long()
+        t0 = time.perf_counter()
+        loss = model(input_ids=x, attention_mask=att, labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+        if step % eval_every == 0 or last:
+            comps = greedy(model, tok, suite, device)
+            by_depth: dict[float, list[float]] = {}
+            for r, c in zip(suite, comps):
+                by_depth.setdefault(r["meta"]["depth"], []).append(float(retrieval(c, r["answer"]).score))
+            acc = {str(d): sum(x) / len(x) for d, x in sorted(by_depth.items())}
+            own_acc = sum(float(retrieval(c, r["answer"]).score) for r, c in zip(own, greedy(model, tok, own, device)))
+            history.append({"step": step, "loss": round(loss.item(), 4), "by_depth": acc, "own": own_acc / len(own)})
+            print(f"{name:>26} step {step:5d} loss {loss.item():.3f} needle by depth {acc} own ({hi} chars) "
+                  f"{own_acc / len(own):.2f}", flush=True)
+        if last:
+            break
+    return {"variant": name, "history": history, "median_step_s": sorted(times)[len(times) // 2]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="base,sw512,sw512-mixed,all-sliding-512-mixed")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=float("inf"), help="per variant: stop training after this")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    jobs = [(n, args.steps, args.batch, args.lr, args.eval_every, args.device, args.threads, args.seed,
+             args.max_seconds) for n in names]
+    if args.parallel > 1:
+        with mp.get_context("spawn").Pool(args.parallel) as pool:
+            results = pool.starmap(run_variant, jobs)
+    else:
+        results = [run_variant(*j) for j in jobs]
+    anchor = next((r["median_step_s"] for r in results if r["variant"] == "base"), None)
+    print("\n| variant | steps | needle 5 % / 50 % / 95 % (final) | best mean | own context (final) | step time vs base |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        final = r["history"][-1]["by_depth"]
+        best = max(sum(h["by_depth"].values()) / len(h["by_depth"]) for h in r["history"])
+        ratio = f"{r['median_step_s'] / anchor:.2f}" if anchor else "-"
+        print(f"| {r['variant']} | {r['history'][-1]['step']} | {' / '.join(f'{v:.2f}' for v in final.values())} "
+              f"| {best:.2f} | {r['history'][-1]['own']:.2f} | {ratio} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
