@@ -28,10 +28,11 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 THINK_TOKENS = ("<think>", "</think>")
 # The end-of-turn token sits inside {% generation %} so assistant-only loss teaches the model to stop.
-# Thinking modes (align.thinking), Qwen3's convention: enable_thinking=false puts an empty <think></think> after the
+# Thinking modes (align.thinking), DeepSeek-V3.1's convention: enable_thinking=false puts </think> right after the
 # assistant marker, outside {% generation %} (it is prompt: never trained on, never sampled); unset or true renders
-# as before and the model opens <think> itself.
-_NO_THINK = "{%- if enable_thinking is defined and enable_thinking is false -%}<think></think>{%- endif -%}"
+# as before and the model opens <think> itself. Measured against Qwen3's empty <think></think> (the default SFT stage,
+# seed 0, 1,200 steps): 0.997 held-out with </think>, 0.457 with <think></think> (1.000 only after 2,000 steps).
+_NO_THINK = "{%- if enable_thinking is defined and enable_thinking is false -%}</think>{%- endif -%}"
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'assistant' -%}<|assistant|>" + _NO_THINK + "{% generation %}"

@@ -2,10 +2,10 @@
 
 The switch belongs to the chat template, as in the model families that have it: Qwen3 renders
 ``enable_thinking=False`` as an empty ``<think></think>`` block at the start of the assistant turn, DeepSeek-V3.1's
-templates take ``thinking``. align passes both names, so either convention sees it; align's own template follows
-Qwen3's (non-thinking = an empty think block in the prompt, the model answers directly; thinking = the model opens
-``<think>`` itself). The empty block is prompt, not completion: it sits outside ``{% generation %}``, so SFT never
-trains the model to write it and GRPO never samples it.
+templates take ``thinking`` and close the block at once (``</think>`` after the assistant marker). align passes both
+names, so either convention sees it; align's own template follows DeepSeek-V3.1's (non-thinking = ``</think>`` in the
+prompt, the model answers directly; thinking = the model opens ``<think>`` itself). The marker is prompt, not
+completion: it sits outside ``{% generation %}``, so SFT never trains the model to write it and GRPO never samples it.
 
 Where a row's mode comes from, first that applies: the row's own ``thinking`` column, its source's ``thinking:``, what
 its assistant turn shows (a ``<think>`` block or ``reasoning_content``: thinking; a bare answer: non-thinking — so

@@ -30,13 +30,13 @@ def tok():
 
 
 def test_align_template_switch_is_prompt_not_completion(tok):
-    assert render_prompt(tok, PROMPT, False).endswith("<|assistant|><think></think>")
+    assert render_prompt(tok, PROMPT, False).endswith("<|assistant|></think>")
     assert render_prompt(tok, PROMPT, True) == render_prompt(tok, PROMPT) == "<|user|>12+34=<|end|><|assistant|>"
     enc = tok.apply_chat_template(ANSWER_ROW["messages"], tokenize=True, return_dict=True,
                                   return_assistant_tokens_mask=True, enable_thinking=False)
     trained = [tok.decode([i]) for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
-    assert trained == ["4", "6", "<|end|>"]  # the empty think block is never trained on
-    assert "<think></think>" in tok.decode(enc["input_ids"])
+    assert trained == ["4", "6", "<|end|>"]  # the non-thinking marker is never trained on
+    assert tok.decode(enc["input_ids"]).endswith("<|assistant|></think>46<|end|>")
 
 
 def test_which_templates_have_the_switch(tok):
@@ -93,8 +93,8 @@ def test_validation_refuses_a_source_mode_without_the_switch_before_weights(tmp_
 
 
 def test_sft_renders_each_row_in_its_mode(tmp_path):
-    """The tokenized rows SFTTrainer trains on: the non-thinking row carries the empty think block in its prompt part
-    (masked), the trace row opens <think> itself inside the trained part."""
+    """The tokenized rows SFTTrainer trains on: the non-thinking row carries the marker in its prompt part (masked),
+    the trace row opens <think> itself inside the trained part."""
     from align.config import load_config
     from align.pipeline import ensure_base
     from align.stage import StageContext
@@ -115,7 +115,7 @@ def test_sft_renders_each_row_in_its_mode(tmp_path):
         text = tk.decode(ex["input_ids"])
         trained = tk.decode([i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])
         seen[trained] = text
-    assert seen["46<|end|>"].endswith("<|assistant|><think></think>46<|end|>")
+    assert seen["46<|end|>"].endswith("<|assistant|></think>46<|end|>")
     assert seen["<think>2+4=6;1+3=4;=46</think>46<|end|>"].endswith("<|assistant|><think>2+4=6;1+3=4;=46</think>46<|end|>")
 
 
@@ -131,7 +131,7 @@ def test_grpo_rollout_prompts_are_the_templates_tokens_in_each_mode(tok):
                                        enable_thinking=r["thinking"])["input_ids"]
         assert got == want
     assert images is None and extra == {}
-    assert len(ids[1]) == len(ids[0]) + 2  # <think></think>
+    assert len(ids[1]) == len(ids[0]) + 1  # </think>
 
 
 def test_eval_suites_carry_their_mode_and_a_suite_override(tok):

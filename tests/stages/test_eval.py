@@ -92,14 +92,25 @@ def test_smoke_eval_stage_and_report(smoke_run):
         assert set(res["pass_at_k"]) == {"1", "2"} and 0 <= res["pass_at_k"]["1"] <= res["pass_at_k"]["2"] <= 1
     assert set(suites["needle"]["accuracy_by_depth"]) == {"0.05", "0.5", "0.95"}
     assert set(ev["metrics"]["by_stage"]) == {"sft", "reasoning"}
-    # the report: stage table, eval table, PNGs that open as images
+    # the skill ledger: the graded models in pipeline order, every suite, which stages trained on each
+    ledger = ev["metrics"]["ledger"]
+    assert ledger["stages"] == ["sft", "reasoning", "grpo"]
+    assert set(ledger["suites"]) == set(suites)
+    assert ledger["suites"]["arithmetic"]["trained_by"] == ["sft", "reasoning", "grpo"]  # all use the recipe
+    assert ledger["suites"]["needle"]["trained_by"] == ["sft", "grpo"]
+    assert ledger["suites"]["code"]["trained_by"] == []
+    for stage in ledger["stages"]:
+        cell = ledger["suites"]["arithmetic"]["stages"][stage]
+        graded = suites["arithmetic"] if stage == "grpo" else ev["metrics"]["by_stage"][stage]["arithmetic"]
+        assert cell["accuracy"] == graded["accuracy"] and cell["ci95"][0] <= cell["accuracy"] <= cell["ci95"][1]
+    # the report: stage table, eval table, ledger, PNGs that open as images
     from align.report import write_report
 
     report = write_report(out)
     text = report.read_text()
     for stage in ("sft", "reasoning", "grpo", "eval"):
         assert f"| {stage} |" in text
-    assert "## Eval: eval" in text and "needle" in text
+    assert "## Eval: eval" in text and "needle" in text and "### Skill ledger" in text
     import matplotlib.image as mpimg
 
     pngs = sorted((out / "report").glob("*.png"))
