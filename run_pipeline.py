@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; run nothing")
     p.add_argument("--nproc", type=int, metavar="N", help="launch each stage on N processes (distributed.nproc)")
     p.add_argument("--zero", type=int, choices=(0, 2, 3), help="ZeRO stage of --nproc runs: 0 (DDP), 2, 3 (distributed.zero)")
+    p.add_argument("--ep", type=int, metavar="N", help="expert parallelism over N ranks of --nproc (DeepSpeed AutoEP; "
+                   "distributed.ep)")
     p.add_argument("--list-stages", action="store_true", help="print the stage kinds and exit")
     p.add_argument("--list-verifiers", action="store_true", help="print every verifier name with its origin and exit")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.append(f"distributed.nproc={args.nproc}")
         if args.zero is not None:
             args.overrides.append(f"distributed.zero={args.zero}")
+        if args.ep is not None:
+            args.overrides.append(f"distributed.ep={args.ep}")
         cfg = load_config(args.config, args.overrides)
         if not args.dry_run and is_main_process():
             add_run_log(cfg.run_dir)

@@ -263,6 +263,50 @@ def git_commit() -> str | None:
         return None
 
 
+def _finalize_expert_parallel(trainer: Any, tok: Any, ctx: Any, out: Path) -> Path:
+    """``final/`` of an AutoEP run: every rank joins the gather (``consolidated_state_dict``); rank 0 loads it into the
+    input model's architecture, strictly (a missing or unexpected key is an error, not a silently random weight), and
+    writes the plain HF dir."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from align.distributed import ds_config_path
+    from align.expert_parallel import consolidated_state_dict, ep_report
+    from align.modeling import whole_model_load
+
+    preset = json.loads(ds_config_path().read_text())["expert_parallel"]["preset_model"]
+    state = consolidated_state_dict(trainer.model, preset)
+    # the check that final/ is the trained model: the expert-parallel model's logits on a probe batch (every rank takes
+    # part: its layers all-to-all), compared on rank 0 with the consolidated model's
+    probe = torch.arange(2 * 12).reshape(2, 12) % max(2, len(tok)) + 3
+    was_training = trainer.model.training
+    trainer.model.eval()
+    with torch.no_grad():
+        ep_logits = trainer.model(input_ids=probe.to(trainer.model.device)).logits.float().cpu()
+    trainer.model.train(was_training)
+    report = ep_report(trainer.model, preset)
+    if is_main_process():
+        with whole_model_load():
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ctx.init_dir))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{ctx.stage_dir}: the expert-parallel model does not map back onto "
+                                  f"{ctx.init_dir}'s architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.eval()
+        with torch.no_grad():
+            diff = (model(input_ids=probe).logits.float() - ep_logits).abs().max().item()
+        report["final_max_logit_diff"] = diff
+        if diff > 1e-3:
+            raise CheckpointError(f"{ctx.stage_dir}: the consolidated model's logits differ from the expert-parallel "
+                                  f"model's by {diff:.3g} (max abs) on a probe batch; final/ not written")
+        logger.info("expert parallelism: final/ consolidated from %d expert-parallel layers; logits match the "
+                    "expert-parallel model to %.2g", len(report["layers"]), diff)
+        finalize(model, tok, out, ctx.init_dir)
+    trainer.expert_parallel = report
+    barrier()
+    return out
+
+
 def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
     """``final/``: a plain HF model dir written once. Single process: ``checkpoint.finalize`` (LoRA merged). Under
     DeepSpeed / several ranks: every rank joins ``trainer.save_model`` (ZeRO-3 gathers the partitioned weights; rank 0
@@ -270,6 +314,10 @@ def finalize_trained(trainer: Any, tok: Any, ctx: Any) -> Path:
     out = ctx.stage_dir / "final"
     if not (getattr(trainer, "is_deepspeed_enabled", False) or trainer.args.world_size > 1):
         return finalize(trainer.model, tok, out, ctx.init_dir)
+    from align.expert_parallel import ep_layers
+
+    if ep_layers(trainer.model):  # AutoEP: experts gathered from their ranks back into the HF layout
+        return _finalize_expert_parallel(trainer, tok, ctx, out)
     tmp = out.with_name("final.gathered")  # not final.tmp: checkpoint.finalize (the LoRA merge below) writes there
     if is_main_process() and tmp.exists():
         shutil.rmtree(tmp)

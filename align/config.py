@@ -93,6 +93,9 @@ class DistributedConfig:
     """Processes per stage (GPUs on a GPU node; CPU ranks with gloo otherwise)."""
     zero: int = 3
     """DeepSpeed ZeRO stage for multi-process runs: 0 (plain DDP), 2 or 3."""
+    ep: int = 1
+    """Expert parallelism (DeepSpeed AutoEP, ``align.expert_parallel``): each MoE layer's routed experts split over
+    ``ep`` ranks, ZeRO over the rest; 1 = off. Needs ``nproc`` divisible by it and ``zero`` 2."""
     self_test_timeout_s: float = 120.0
     """Bound on the ZeRO-3 start-up self-test (one forward/backward, ranks routed to different experts)."""
 
@@ -103,6 +106,15 @@ class DistributedConfig:
             raise ValueError(f"zero: {self.zero!r} is not one of 0 (plain DDP), 2, 3")
         if self.self_test_timeout_s <= 0:
             raise ValueError("self_test_timeout_s: must be positive")
+        if self.ep < 1:
+            raise ValueError("ep: must be at least 1 (1 = no expert parallelism)")
+        if self.ep > 1 and self.nproc % self.ep:
+            raise ValueError(f"ep: {self.ep} does not divide nproc {self.nproc} (experts are split over ep ranks, "
+                             "ZeRO data parallelism over nproc / ep groups)")
+        if self.ep > 1 and self.zero != 2:
+            raise ValueError(f"ep: expert parallelism runs with zero 2 here, got zero {self.zero} (DeepSpeed cannot "
+                             "export a whole model from AutoEP experts under ZeRO-3 partitions; plain DDP has no "
+                             "AutoEP)")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,14 @@ def device_args() -> dict[str, Any]:
     return {"use_cpu": cpu, "bf16": False if cpu else torch.cuda.is_bf16_supported()}
 
 
+def ds_config_path() -> Path | None:
+    """The DeepSpeed JSON this process was launched with, or None."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    return Path(path) if path else None
+
+
 def zero_stage() -> int | None:
     """The DeepSpeed ZeRO stage this process was launched with (``accelerate launch`` with a DeepSpeed config), or
     None when DeepSpeed is not in use. Read from the launcher's environment, so it is known before any model is
@@ -184,15 +192,17 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
 # ------------------------------------------------------------------------------------------ launching
 
 
-def launch_command(script_args: list[str], nproc: int, zero: int | None) -> list[str]:
+def launch_command(script_args: list[str], nproc: int, zero: int | None, ds_config: Path | None = None) -> list[str]:
     """``accelerate launch`` command running ``run_pipeline.py script_args`` on ``nproc`` processes with our config
-    for ZeRO ``zero`` (2 or 3; None or 0: plain DDP)."""
+    for ZeRO ``zero`` (2 or 3; None or 0: plain DDP); ``ds_config`` replaces our DeepSpeed JSON (expert parallelism
+    writes its own, ``align.expert_parallel.deepspeed_config``)."""
     name = {None: "ddp", 0: "ddp", 2: "zero2", 3: "zero3"}.get(zero)
     if name is None:
         raise DistributedError(f"distributed.zero {zero!r}: use 0 (plain DDP), 2 or 3")
     cfg = REPO / "configs" / "accelerate" / f"{name}.yaml"
     # the accelerate YAMLs name their DeepSpeed JSON relative to the repository; absolute here, from any directory
-    ds = ["--deepspeed_config_file", str(REPO / "configs" / "deepspeed" / f"{name}.json")] if name != "ddp" else []
+    ds_json = ds_config or REPO / "configs" / "deepspeed" / f"{name}.json"
+    ds = ["--deepspeed_config_file", str(ds_json)] if name != "ddp" else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), *ds,
             "--num_processes", str(nproc), str(REPO / "run_pipeline.py"), *script_args]
 

@@ -14,8 +14,14 @@ whose experts are split over ``N`` ranks (tokens reach them by all-to-all). This
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from align.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +51,123 @@ def patch_output_capture_registry() -> bool:
     logger.debug("patched %s.get to accept a default (DeepSpeed AutoEP with transformers %s)", cls.__name__,
                  getattr(__import__("transformers"), "__version__", "?"))
     return True
+
+
+# AutoEP's presets by Hugging Face model type (DeepSpeed's preset names).
+AUTOEP_PRESETS = {"qwen3_moe": "qwen3_moe", "qwen2_moe": "qwen3_moe", "mixtral": "mixtral",
+                  "deepseek_v3": "deepseek_v3", "deepseek_v2": "deepseek_v2"}
+
+
+class ExpertParallelError(ConfigError):
+    """A model or set-up expert parallelism cannot take, named with the reason."""
+
+
+def model_config(model_dir: str | Path | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The transformers config (as a dict with ``model_type``) of a model dir, or of a preset, without weights."""
+    if model_dir is not None:
+        return json.loads((Path(model_dir) / "config.json").read_text())
+    from align.modeling import PRESETS, build_tokenizer
+
+    tok = build_tokenizer()
+    config_cls, kwargs = PRESETS[preset](len(tok), tok)
+    return {**kwargs, **overrides, "model_type": config_cls.model_type}
+
+
+def autoep_preset(config: dict[str, Any], where: str) -> str:
+    """The AutoEP preset for a model with this ``config`` (its ``model_type``); an ``ExpertParallelError`` naming
+    the model (``where``), its type and the layers when AutoEP cannot place its experts."""
+    model_type = config.get("model_type")
+    if model_type in AUTOEP_PRESETS:
+        return AUTOEP_PRESETS[model_type]
+    if model_type == "deepseek_v4":
+        hashed = [i for i, t in enumerate(config.get("mlp_layer_types") or []) if t == "hash_moe"]
+        raise ExpertParallelError(
+            f"{where}: expert parallelism is not available for DeepSeek-V4 (model_type deepseek_v4) here: AutoEP "
+            f"has no preset for its MoE blocks, and its hash-routed layers ({', '.join(f'layer {i}' for i in hashed)}; "
+            "experts chosen by a token-id table, not a learned router) have no router for AutoEP to swap. Train it "
+            "with ZeRO sharding (--zero 2 or 3 without --ep)")
+    raise ExpertParallelError(f"{where}: no AutoEP preset for model_type {model_type!r} (presets: "
+                              f"{', '.join(sorted(AUTOEP_PRESETS))}); train it with ZeRO sharding (no --ep)")
+
+
+def deepspeed_config(base: dict[str, Any], ep: int, preset: str) -> dict[str, Any]:
+    """``base`` (a ZeRO config) with AutoEP on: experts split over ``ep`` ranks, ZeRO over the rest.
+
+    The optimizer is DeepSpeed's (torch's AdamW, hyper-parameters ``auto`` = the trainer's): ZeRO needs the expert
+    weights in optimizer groups of their own (reduced over the expert-data-parallel group, not all ranks), and only an
+    optimizer DeepSpeed builds itself gets them; one the trainer built beforehand fails at initialize ("None of the
+    param groups are marked as MoE"). The trainer's learning-rate schedule still drives it."""
+    optimizer = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto",
+                                             "torch_adam": True}}
+    return {**base, "optimizer": optimizer,
+            "expert_parallel": {"enabled": True, "autoep_size": ep, "preset_model": preset}}
+
+
+def is_ep_layer(module: Any) -> bool:
+    """True for an AutoEP-replaced MoE block."""
+    try:
+        from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
+    except ImportError:
+        return False
+    return isinstance(module, AutoEPMoELayer)
+
+
+def ep_layers(model: Any) -> dict[str, Any]:
+    """name -> AutoEP layer of every expert-parallel MoE block of ``model``."""
+    return {name: m for name, m in model.named_modules() if is_ep_layer(m)}
+
+
+def consolidated_state_dict(model: Any, preset: str) -> dict[str, torch.Tensor]:
+    """The model's weights in the original Hugging Face layout, every expert included (a collective: every rank calls
+    it; all ranks get the whole dict). Each AutoEP layer's local experts are gathered over its expert-parallel group
+    and stacked in global expert order; its grouped tensors go back to the fused HF ones (``gate_up_proj`` = gate
+    rows then up rows, ``down_proj``); the router's gate and the shared experts return to the names the preset reads
+    them from. Everything else is the module's own (whole under ZeRO-1/2)."""
+    import torch.distributed as dist
+    from deepspeed.module_inject.auto_ep_presets.registry import PRESET_MODELS
+
+    spec = PRESET_MODELS[preset]
+    layers = ep_layers(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        owner = next((p for p in layers if name.startswith(p + ".")), None)
+        if owner is None:
+            out[name] = tensor.detach().cpu()
+            continue
+        rest = name[len(owner) + 1:]
+        if rest.startswith("router.gate."):  # TokenChoiceTopKRouter's Linear -> the preset's router module
+            out[f"{owner}.{spec.router_pattern}.{rest[len('router.gate.'):]}"] = tensor.detach().cpu()
+        elif rest.startswith("router."):  # router buffers (e_score_correction_bias) live on the HF router too
+            out[f"{owner}.{spec.router_pattern}.{rest[len('router.'):]}"] = tensor.detach().cpu()
+        elif rest.startswith("shared_experts_gate."):
+            out[f"{owner}.{spec.shared_experts_gate_pattern}.{rest[len('shared_experts_gate.'):]}"] = tensor.detach().cpu()
+        elif rest.startswith("shared_experts."):
+            out[f"{owner}.{spec.shared_experts_pattern}.{rest[len('shared_experts.'):]}"] = tensor.detach().cpu()
+        # experts.* are gathered below; anything else (the router alias under the preset's name) is a duplicate
+    for owner, layer in layers.items():
+        group, world = layer.ep_group, dist.get_world_size(layer.ep_group)
+        full = {}
+        for w in ("w1", "w2", "w3"):
+            local = getattr(layer.experts, w).detach().contiguous()  # [E_local, ...]
+            parts = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(parts, local, group=group)
+            ranks = [None] * world
+            dist.all_gather_object(ranks, layer.ep_rank, group=group)
+            full[w] = torch.cat([parts[i] for i in sorted(range(world), key=lambda i: ranks[i])]).cpu()  # [E, ...]
+        experts = f"{owner}.{spec.experts_pattern}"
+        if spec.expert_storage != "fused_3d" or spec.expert_w3 is not None:
+            raise ExpertParallelError(f"{owner}: consolidating {spec.expert_storage} experts with a separate w3 is not "
+                                      "supported; only fused gate_up_proj / down_proj experts")
+        out[f"{experts}.{spec.expert_w1}"] = torch.cat([full["w1"], full["w3"]], dim=1)  # [E, 2I, H]: gate, then up
+        out[f"{experts}.{spec.expert_w2}"] = full["w2"]  # [E, H, I]
+    return out
+
+
+def ep_report(model: Any, preset: str) -> dict[str, Any]:
+    """What the manifest says about an expert-parallel model: the preset, which layers are expert-parallel, and the
+    routed-expert bytes this rank holds against the whole model's (a collective over the first layer's group)."""
+    layers = ep_layers(model)
+    local = sum(p.numel() * p.element_size() for layer in layers.values() for p in layer.experts.parameters())
+    ep = next(iter(layers.values())).ep_size if layers else 1
+    return {"preset": preset, "ep": ep, "layers": sorted(layers), "expert_bytes_this_rank": local,
+            "expert_bytes_whole": local * ep, "expert_share_this_rank": 1 / ep}

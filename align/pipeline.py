@@ -13,6 +13,7 @@ resumes from its last complete checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -387,6 +388,21 @@ def _launch_planned(cfg: PipelineConfig, config_path: str | None, overrides: lis
                     only: str | None, init_from: str | Path | None, overwrite: bool) -> list[dict[str, Any]]:
     from align.distributed import launch_command, run_launched
 
+    ds_config = None
+    if cfg.distributed.ep > 1:  # AutoEP: our ZeRO config with the expert-parallel block, for the model's family
+        from align import expert_parallel as ep
+
+        first = plan(cfg, only)[0][0]
+        src = stage_input(cfg, first, init_from)[1]
+        model_dir = src if (src / "config.json").is_file() else (Path(cfg.model.path) if cfg.model.path else None)
+        config = ep.model_config(model_dir, cfg.model.preset, cfg.model.overrides)
+        preset = ep.autoep_preset(config, str(model_dir or f"preset {cfg.model.preset}"))
+        base = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json").read_text())
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        ds_config = cfg.run_dir / f"deepspeed_zero2_ep{cfg.distributed.ep}.json"
+        checkpoint.write_json_atomic(ds_config, ep.deepspeed_config(base, cfg.distributed.ep, preset))
+        logger.info("expert parallelism: AutoEP preset %s, experts over %d ranks, ZeRO-2 over the rest (%s)", preset,
+                    cfg.distributed.ep, ds_config)
     rows = []
     for pos, (index, stage) in enumerate(plan(cfg, only)):
         args = [config_path or "configs/default.yaml", *overrides, "--only", stage.name]
@@ -396,7 +412,7 @@ def _launch_planned(cfg: PipelineConfig, config_path: str | None, overrides: lis
             args.append("--overwrite")
         manifest_path = cfg.run_dir / stage_dir_name(index, stage) / "manifest.json"
         started = time.time()
-        rc = run_launched(launch_command(args, nproc, zero))
+        rc = run_launched(launch_command(args, nproc, zero, ds_config))
         if rc != 0:
             raise PipelineError(f"stage {stage.name!r}: the {nproc}-process job exited with status {rc} (its log is "
                                 "above; the stage resumes from its last complete checkpoint when rerun)")

@@ -171,6 +171,10 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
 
     model, tok = modeling.load_model(ctx.init_dir, chat_template=ctx.chat_template)
     logger.info("%s", modeling.describe(model))
+    if ctx.distributed.ep > 1:  # AutoEP swaps the MoE blocks inside deepspeed.initialize (the trainer's first step)
+        from align.expert_parallel import patch_output_capture_registry
+
+        patch_output_capture_registry()
     if zero_stage() == 3:  # before any DeepSpeed engine (TRL wraps a reference model while the trainer is built)
         moe.mark_zero3_leaves(model)
     coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)
@@ -239,6 +243,7 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["statuses"],
         heldout_by_verifier=graded["by_verifier"], **({"moe": trainer.moe_summary} if getattr(trainer, "moe_summary", None) else {}),
         **({"zero3_self_test": trainer.zero3_self_test} if getattr(trainer, "zero3_self_test", None) else {}),
+        **({"expert_parallel": trainer.expert_parallel} if getattr(trainer, "expert_parallel", None) else {}),
         heldout_examples=graded["examples"], train_loss=getattr(out, "training_loss", None),
         **loss_summary(trainer.state.log_history),
     )
