@@ -239,6 +239,9 @@ def run_stage(cfg: PipelineConfig, index: int, stage: StageConfig, init: Path, o
     chash, ihash = stage_config_hash(cfg, stage), checkpoint.dir_hash(init)
     manifest_path = stage_dir / "manifest.json"
     manifest = checkpoint.read_json(manifest_path)
+    # every rank decides from the folder as it was: rank 0 writes the running manifest right after, and a rank that
+    # read the folder between rank 0's mkdir and that write saw "files but no manifest" and refused to mix runs
+    checkpoint.barrier()
     same = bool(manifest) and manifest.get("config_hash") == chash and manifest.get("input_hash") == ihash
     final_dir = Path(manifest.get("final_dir") or stage_dir / "final") if manifest else stage_dir / "final"
     if same and manifest.get("status") == "completed" and (final_dir / "config.json").is_file():

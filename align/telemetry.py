@@ -5,7 +5,10 @@ DeepSeek-V3/V4, Qwen3-MoE, Mixtral — through forward hooks; nothing in the mod
 
 - :class:`ExpertLoad` counts, per MoE layer, how many routed token-slots each expert received (every forward pass
   while installed: training forwards and, in GRPO, the rollouts; padding positions count too) and the router's
-  softmax entropy. ``window()`` summarises since the last call: load fractions (sum to 1), coefficient of variation,
+  softmax entropy. Under several ranks the counts are summed over all ranks at every optimizer step
+  (``flush``), so the load (and DeepSeek-V3's bias update, which must stay the same on every rank) is the global one,
+  not one rank's share. AutoEP's expert-parallel layers (``align.expert_parallel``) are counted from their router's
+  selected experts. ``window()`` summarises since the last call: load fractions (sum to 1), coefficient of variation,
   max/mean load, dead experts (no token over the window), entropy (nats); DeepSeek-V4 hash layers are marked
   ``hash`` and kept apart from the learned (``topk``) ones.
 - :func:`update_correction_bias`: aux-loss-free balancing as in DeepSeek-V3 — after an optimizer step, each learned
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from align.expert_parallel import is_ep_layer
 from align.moe import find_moe_blocks, router_of
 
 
@@ -45,28 +49,64 @@ class ExpertLoad:
             kind = "hash" if hasattr(gate, "tid2eid") else "topk"
             key = _layer_key(name)
             self.layers[key] = {"kind": kind, "n": int(n), "gate": gate, "window": torch.zeros(int(n)),
-                                "step": torch.zeros(int(n)), "total": torch.zeros(int(n)), "ent_sum": 0.0,
+                                "step": torch.zeros(int(n)), "step_ent": torch.zeros(2), "total": torch.zeros(int(n)),
+                                "ent_sum": 0.0,
                                 "ent_n": 0, "ent_total": 0.0, "ent_total_n": 0}
-            self.handles.append(gate.register_forward_hook(self._hook(key)))
+            self.handles.append(gate.register_forward_hook(self._hook(key, is_ep_layer(block))))
 
-    def _hook(self, key: str) -> Any:
+    def _hook(self, key: str, expert_parallel: bool) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not (isinstance(output, tuple) and len(output) == 3):
                 return
-            logits, _, indices = output
+            if expert_parallel:  # AutoEP's router returns (top_scores [T, k], selected experts [T, k], counts [E])
+                indices = output[1]
+                with torch.no_grad():
+                    logits = module.gate(args[0].reshape(-1, args[0].shape[-1]))  # [T, E]: for the entropy
+            else:  # transformers' routers: (logits, weights, indices)
+                logits, _, indices = output
             with torch.no_grad():
                 layer = self.layers[key]
                 counts = torch.bincount(indices.reshape(-1).long().cpu(), minlength=layer["n"])[: layer["n"]].float()
-                layer["window"] += counts
-                layer["step"] += counts
-                layer["total"] += counts
+                layer["step"] += counts  # this rank's, until flush() sums the ranks
                 p = torch.softmax(logits.detach().float().reshape(-1, logits.shape[-1]), dim=-1)
                 ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
-                layer["ent_sum"] += float(ent.sum())
-                layer["ent_n"] += ent.numel()
-                layer["ent_total"] += float(ent.sum())
-                layer["ent_total_n"] += ent.numel()
+                layer["step_ent"] += torch.tensor([float(ent.sum()), float(ent.numel())])
         return hook
+
+    def flush(self) -> dict[str, torch.Tensor]:
+        """Counts since the last flush, summed over all ranks (a collective when distributed: every rank calls it at
+        every optimizer step), moved into the window and the totals; returns them per layer."""
+        if not self.layers:
+            return {}
+        keys = list(self.layers)
+        # one [layers, n + 2] tensor per flush: each layer's counts, then its entropy sum and count
+        width = max(v["n"] for v in self.layers.values()) + 2
+        buf = torch.zeros(len(keys), width)
+        for i, k in enumerate(keys):
+            v = self.layers[k]
+            buf[i, : v["n"]] = v["step"]
+            buf[i, -2:] = v["step_ent"]
+            v["step"].zero_()
+            v["step_ent"].zero_()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            buf = buf.to(device)
+            dist.all_reduce(buf)
+            buf = buf.cpu()
+        out = {}
+        for i, k in enumerate(keys):
+            v = self.layers[k]
+            counts = buf[i, : v["n"]].clone()
+            v["window"] += counts
+            v["total"] += counts
+            v["ent_sum"] += float(buf[i, -2])
+            v["ent_n"] += int(buf[i, -1])
+            v["ent_total"] += float(buf[i, -2])
+            v["ent_total_n"] += int(buf[i, -1])
+            out[k] = counts
+        return out
 
     def remove(self) -> None:
         for h in self.handles:
@@ -96,12 +136,6 @@ class ExpertLoad:
         """Per-layer stats over everything counted since installation."""
         return {k: self._stats(v["total"], v["ent_total"], v["ent_total_n"], v["kind"]) for k, v in self.layers.items()}
 
-    def take_step_counts(self) -> dict[str, torch.Tensor]:
-        """Counts since the last call (one optimizer step's worth when called each step), then reset."""
-        out = {k: v["step"].clone() for k, v in self.layers.items()}
-        for v in self.layers.values():
-            v["step"].zero_()
-        return out
 
 
 def _layer_key(name: str) -> str:
@@ -216,12 +250,25 @@ class MoeCallback(TrainerCallback):
     def __init__(self, model: nn.Module, bias_gamma: float = 0.0, snapshot: bool = True, monitor: Any = None,
                  telemetry: bool = True) -> None:
         self.load = ExpertLoad(model if telemetry else nn.Module())
+        self.telemetry = telemetry
         self.gamma = bias_gamma
         self.snap = LayerSnapshot(model) if snapshot else None
         self.monitor = monitor
         self.bias_mean_abs = 0.0
         self.snapshots: list[dict[str, Any]] = []
         self._snap_now = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        # DeepSpeed AutoEP swaps the MoE blocks inside deepspeed.initialize, after this callback was made: hook the
+        # expert-parallel layers' routers (and snapshot their weights) instead of the replaced modules
+        from align.expert_parallel import ep_layers
+
+        if model is not None and ep_layers(model):
+            if self.telemetry:
+                self.load.remove()
+                self.load = ExpertLoad(model)
+            if self.snap is not None:
+                self.snap = LayerSnapshot(model)
 
     def _logging_step(self, args: Any, state: Any) -> bool:
         every = args.logging_steps or 0
@@ -236,7 +283,7 @@ class MoeCallback(TrainerCallback):
         if self._snap_now:
             self.snap.after_step()
             self._snap_now = False
-        counts = self.load.take_step_counts()
+        counts = self.load.flush()  # every rank, every optimizer step: the global counts of the step
         if self.gamma > 0:
             self.bias_mean_abs = update_correction_bias(self.load, counts, self.gamma)
 

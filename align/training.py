@@ -172,9 +172,15 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     model, tok = modeling.load_model(ctx.init_dir, chat_template=ctx.chat_template)
     logger.info("%s", modeling.describe(model))
     if ctx.distributed.ep > 1:  # AutoEP swaps the MoE blocks inside deepspeed.initialize (the trainer's first step)
+        import functools
+
         from align.expert_parallel import patch_output_capture_registry
 
         patch_output_capture_registry()
+        # every forward of an expert-parallel layer is an all-to-all over the ranks: a rank whose rollouts all ended
+        # must keep stepping until every rank is done (transformers does this by itself only under ZeRO-3 / FSDP).
+        # One-rank generation (grading) passes synced_gpus=False explicitly.
+        model.generate = functools.partial(model.generate, synced_gpus=True)
     if zero_stage() == 3:  # before any DeepSpeed engine (TRL wraps a reference model while the trainer is built)
         moe.mark_zero3_leaves(model)
     coef = moe.apply_router_policy(model, ctx.router.aux_loss_coef)

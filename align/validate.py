@@ -197,6 +197,15 @@ def validate_pipeline(cfg: PipelineConfig, only: str | None = None, init_from: s
     planned = plan(cfg, only)
     for pos, (_, stage) in enumerate(planned):
         where = f"stages.{stage.name}"
+        if cfg.distributed.ep > 1:  # what AutoEP's swapped-in layers cannot carry
+            if stage.lora is not None:
+                problems.append(f"{where}.lora: LoRA with expert parallelism (distributed.ep {cfg.distributed.ep}) is "
+                                "not supported: AutoEP replaces the expert and router modules LoRA would wrap; train "
+                                "this stage without --ep (ZeRO sharding) or without lora")
+            if getattr(stage, "routing_replay", "none") != "none":
+                problems.append(f"{where}.routing_replay: {stage.routing_replay!r} with expert parallelism is not "
+                                "supported: the replay patches transformers' routers, which AutoEP replaces; set "
+                                "routing_replay: none or train without --ep")
         src = base_path
         if pos == 0 and init_from is not None:
             src = Path(init_from)

@@ -31,6 +31,8 @@ def test_expert_load_sums_to_one_per_layer(preset, tmp_path):
     load = ExpertLoad(model)
     with torch.no_grad():
         model(input_ids=torch.randint(5, 100, (4, 16)))
+    assert all(s["tokens"] == 0 for s in load.window().values())  # counted per rank until the step's flush
+    load.flush()
     stats = load.window()
     assert len(stats) == 3
     for s in stats.values():
@@ -66,7 +68,7 @@ def test_bias_update_reduces_imbalance_of_a_skewed_router(tmp_path):
         for step in range(100):  # forward passes stand in for training steps; the update runs after each
             with torch.no_grad():
                 model(input_ids=torch.randint(5, 100, (8, 16), generator=torch.Generator().manual_seed(step)))
-            counts = load.take_step_counts()
+            counts = load.flush()
             if gamma:
                 update_correction_bias(load, counts, gamma)
             if step >= 60:
@@ -86,6 +88,7 @@ def test_top_k_override_routes_fewer_experts(tmp_path):
     load = ExpertLoad(model)
     with torch.no_grad():
         model(input_ids=torch.randint(5, 100, (2, 8)))
+    load.flush()
     assert all(s["tokens"] == 16 for s in load.window().values())
     with pytest.raises(ValueError, match="only 8 experts"):
         moe.set_top_k(model, 9)
@@ -199,4 +202,5 @@ def test_router_policy_bias_update_and_top_k_through_a_stage(tmp_path):
     load = ExpertLoad(model)
     with torch.no_grad():
         model(input_ids=torch.randint(5, 100, (2, 8)))
+    load.flush()
     assert all(s["tokens"] == 16 for s in load.window().values())  # one expert per token after reload
