@@ -116,3 +116,51 @@ def test_smoke_pipeline_under_expert_parallelism_matches_zero2(tmp_path):
            for n, r in runs.items()}
     assert {k: v["tokens"] for k, v in moe["ep"].items()} == {k: v["tokens"] for k, v in moe["zero2"].items()}
     assert all(v["tokens"] > 0 for v in moe["ep"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill_and_resume_under_expert_parallelism_reproduces_the_losses(tmp_path):
+    """SIGKILL the whole 2-rank EP job after its first complete checkpoint; the same command resumes from it (DeepSpeed
+    restores each rank's experts and optimizer partitions) and logs the uninterrupted run's losses."""
+    import subprocess
+    import sys
+    import time
+
+    from align.checkpoint import MARKER
+    from tests.align.test_distributed_zero3 import kill_all
+    from tests.conftest import REPO, SMOKE
+
+    def launched(out):
+        args = [sys.executable, str(REPO / "run_pipeline.py"), str(SMOKE), "--only", "sft", "--nproc", "2", "--zero",
+                "2", "--ep", "2", f"output_dir={out}", "model.preset=tiny-qwen3-moe",
+                "stages.sft.trainer.max_steps=24", "stages.sft.trainer.save_steps=8"]
+        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    def losses(out):
+        state = json.loads((out / "00_sft" / "checkpoint-24" / "trainer_state.json").read_text())
+        return {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
+
+    ref = tmp_path / "ref"
+    proc = launched(ref)
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log[-4000:]
+    run = tmp_path / "killed"
+    proc = launched(run)
+    marker = run / "00_sft" / "checkpoint-8" / MARKER
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    kill_all(proc)
+    assert json.loads((run / "00_sft" / "manifest.json").read_text())["status"] == "running", "finished before the kill"
+    proc = launched(run)
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log[-4000:]
+    assert "resuming from" in log
+    want, got = losses(ref), losses(run)
+    assert want.keys() == got.keys()
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+    report = json.loads((run / "00_sft" / "manifest.json").read_text())["metrics"]["expert_parallel"]
+    assert report["final_max_logit_diff"] < 1e-4
