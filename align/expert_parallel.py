@@ -80,12 +80,16 @@ def autoep_preset(config: dict[str, Any], where: str) -> str:
     if model_type in AUTOEP_PRESETS:
         return AUTOEP_PRESETS[model_type]
     if model_type == "deepseek_v4":
-        hashed = [i for i, t in enumerate(config.get("mlp_layer_types") or []) if t == "hash_moe"]
+        kinds = config.get("mlp_layer_types") or []
+        hashed = [f"layer {i}" for i, t in enumerate(kinds) if t == "hash_moe"]
+        learned = [f"layer {i}" for i, t in enumerate(kinds) if t == "moe"]
         raise ExpertParallelError(
-            f"{where}: expert parallelism is not available for DeepSeek-V4 (model_type deepseek_v4) here: AutoEP "
-            f"has no preset for its MoE blocks, and its hash-routed layers ({', '.join(f'layer {i}' for i in hashed)}; "
-            "experts chosen by a token-id table, not a learned router) have no router for AutoEP to swap. Train it "
-            "with ZeRO sharding (--zero 2 or 3 without --ep)")
+            f"{where}: expert parallelism is not available for DeepSeek-V4 (model_type deepseek_v4): its hash-routed "
+            f"layers ({', '.join(hashed) or 'none'}) pick experts from a token-id table, not a router AutoEP can swap, "
+            f"and its learned-router layers ({', '.join(learned) or 'none'}) score experts with "
+            f"{config.get('scoring_func', 'sqrtsoftplus')}, which AutoEP's router (softmax or sigmoid) does not "
+            "compute, so a custom AutoEP pattern would train a different model. Train it with ZeRO sharding "
+            "(--zero 2 or 3 without --ep)")
     raise ExpertParallelError(f"{where}: no AutoEP preset for model_type {model_type!r} (presets: "
                               f"{', '.join(sorted(AUTOEP_PRESETS))}); train it with ZeRO sharding (no --ep)")
 

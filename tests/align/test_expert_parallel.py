@@ -46,7 +46,7 @@ def test_deepseek_v4_is_refused_naming_its_hash_layers_before_any_launch(tmp_pat
     monkeypatch.setattr(align.modeling, "build_base", lambda *a, **k: pytest.fail("weights built"))
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "distributed.nproc=2", "distributed.zero=2",
                               "distributed.ep=2"])
-    with pytest.raises(ConfigError, match=r"DeepSeek-V4.*hash-routed layers \(layer 0;.*--zero 2 or 3 without --ep"):
+    with pytest.raises(ConfigError, match=r"DeepSeek-V4.*hash-routed layers \(layer 0\).*learned-router layers \(layer 1, layer 2\).*sqrtsoftplus.*--zero 2 or 3 without --ep"):
         run_pipeline_launched(cfg, str(SMOKE), [], 2, 2)
 
 
