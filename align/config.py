@@ -95,7 +95,7 @@ class DistributedConfig:
     """DeepSpeed ZeRO stage for multi-process runs: 0 (plain DDP), 2 or 3."""
     ep: int = 1
     """Expert parallelism (DeepSpeed AutoEP, ``align.expert_parallel``): each MoE layer's routed experts split over
-    ``ep`` ranks, ZeRO over the rest; 1 = off. Needs ``nproc`` divisible by it and ``zero`` 2."""
+    ``ep`` ranks, ZeRO over the rest; 1 = off. Needs ``nproc`` divisible by it and ``zero`` 2 or 3."""
     self_test_timeout_s: float = 120.0
     """Bound on the ZeRO-3 start-up self-test (one forward/backward, ranks routed to different experts)."""
 
@@ -111,10 +111,9 @@ class DistributedConfig:
         if self.ep > 1 and self.nproc % self.ep:
             raise ValueError(f"ep: {self.ep} does not divide nproc {self.nproc} (experts are split over ep ranks, "
                              "ZeRO data parallelism over nproc / ep groups)")
-        if self.ep > 1 and self.zero != 2:
-            raise ValueError(f"ep: expert parallelism runs with zero 2 here, got zero {self.zero} (DeepSpeed cannot "
-                             "export a whole model from AutoEP experts under ZeRO-3 partitions; plain DDP has no "
-                             "AutoEP)")
+        if self.ep > 1 and self.zero not in (2, 3):
+            raise ValueError(f"ep: expert parallelism runs with zero 2 or 3, got zero {self.zero} (AutoEP is a "
+                             "DeepSpeed feature; plain DDP has none)")
 
 
 @dataclass(frozen=True)

@@ -156,11 +156,16 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
     ids = torch.randint(0, config.vocab_size, (1, seq_len), generator=gen).to(engine.device)
     used: dict[str, list[int]] = {}
     handles = []
+    from align.expert_parallel import is_ep_layer
+
     for name, block in find_moe_blocks(model):
         router = router_of(block)[1]
 
-        def record(_m: Any, _i: Any, out: Any, name: str = name) -> None:
-            idx = out[-1] if isinstance(out, tuple) else out.topk(getattr(config, "num_experts_per_tok", 1), -1)[1]
+        def record(_m: Any, _i: Any, out: Any, name: str = name, ep: bool = is_ep_layer(block)) -> None:
+            if ep:  # AutoEP's router: (top_scores, selected experts, counts per expert)
+                idx = out[1]
+            else:
+                idx = out[-1] if isinstance(out, tuple) else out.topk(getattr(config, "num_experts_per_tok", 1), -1)[1]
             used[name] = sorted(set(idx.reshape(-1).tolist()))
 
         handles.append(router.register_forward_hook(record))

@@ -4,6 +4,9 @@ DeepSpeed 0.19.8's AutoEP (``"expert_parallel": {"enabled": true, "autoep_size":
 the MoE blocks of Hugging Face models at ``deepspeed.initialize``, builds expert-parallel groups and swaps in a layer
 whose experts are split over ``N`` ranks (tokens reach them by all-to-all). This module holds align's side of it:
 
+- ``deepspeed_config`` / ``autoep_preset``: the DeepSpeed config for ``--ep`` (ZeRO-2 or 3), per model family;
+  DeepSeek-V4 refused with the reason.
+- ``consolidated_state_dict``: ``final/`` in the original Hugging Face layout, experts gathered from their ranks.
 - ``patch_output_capture_registry``: a compatibility fix. AutoEP re-targets transformers' router-logit recorders and
   calls ``transformers.utils.output_capturing._CAN_RECORD_REGISTRY.get(key, default)`` with class-name keys;
   transformers 5.24 made that registry's ``get`` a one-argument method keyed by model, so ``deepspeed.initialize``
@@ -103,7 +106,13 @@ def deepspeed_config(base: dict[str, Any], ep: int, preset: str) -> dict[str, An
     param groups are marked as MoE"). The trainer's learning-rate schedule still drives it."""
     optimizer = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto",
                                              "torch_adam": True}}
-    return {**base, "optimizer": optimizer,
+    zero = dict(base.get("zero_optimization", {}))
+    if zero.get("stage") == 3:
+        # DeepSpeed refuses its whole-model 16-bit gather for AutoEP experts (they are partitioned over expert-replica
+        # groups, not all ranks); checkpoints then hold DeepSpeed's own files only, and final/ is gathered by
+        # consolidated_state_dict
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {**base, "zero_optimization": zero, "optimizer": optimizer,
             "expert_parallel": {"enabled": True, "autoep_size": ep, "preset_model": preset}}
 
 
@@ -126,12 +135,24 @@ def consolidated_state_dict(model: Any, preset: str) -> dict[str, torch.Tensor]:
     it; all ranks get the whole dict). Each AutoEP layer's local experts are gathered over its expert-parallel group
     and stacked in global expert order; its grouped tensors go back to the fused HF ones (``gate_up_proj`` = gate
     rows then up rows, ``down_proj``); the router's gate and the shared experts return to the names the preset reads
-    them from. Everything else is the module's own (whole under ZeRO-1/2)."""
-    import torch.distributed as dist
+    them from. Everything else is the module's own (gathered first under ZeRO-3)."""
     from deepspeed.module_inject.auto_ep_presets.registry import PRESET_MODELS
 
     spec = PRESET_MODELS[preset]
     layers = ep_layers(model)
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if partitioned:  # ZeRO-3: every rank gathers each parameter over its own partition group (experts: over their
+        # expert-data-parallel group, so each rank then holds its own experts whole), then the EP gather below
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+            return _consolidate(model, layers, spec)
+    return _consolidate(model, layers, spec)
+
+
+def _consolidate(model: Any, layers: dict[str, Any], spec: Any) -> dict[str, torch.Tensor]:
+    import torch.distributed as dist
+
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         owner = next((p for p in layers if name.startswith(p + ".")), None)

@@ -400,12 +400,14 @@ def _launch_planned(cfg: PipelineConfig, config_path: str | None, overrides: lis
         model_dir = src if (src / "config.json").is_file() else (Path(cfg.model.path) if cfg.model.path else None)
         config = ep.model_config(model_dir, cfg.model.preset, cfg.model.overrides)
         preset = ep.autoep_preset(config, str(model_dir or f"preset {cfg.model.preset}"))
-        base = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json").read_text())
+        zero_name = f"zero{cfg.distributed.zero}"
+        base = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / f"{zero_name}.json")
+                          .read_text())
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        ds_config = cfg.run_dir / f"deepspeed_zero2_ep{cfg.distributed.ep}.json"
+        ds_config = cfg.run_dir / f"deepspeed_{zero_name}_ep{cfg.distributed.ep}.json"
         checkpoint.write_json_atomic(ds_config, ep.deepspeed_config(base, cfg.distributed.ep, preset))
-        logger.info("expert parallelism: AutoEP preset %s, experts over %d ranks, ZeRO-2 over the rest (%s)", preset,
-                    cfg.distributed.ep, ds_config)
+        logger.info("expert parallelism: AutoEP preset %s, experts over %d ranks, ZeRO-%d over the rest (%s)", preset,
+                    cfg.distributed.ep, cfg.distributed.zero, ds_config)
     rows = []
     for pos, (index, stage) in enumerate(plan(cfg, only)):
         args = [config_path or "configs/default.yaml", *overrides, "--only", stage.name]
