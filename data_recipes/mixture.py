@@ -167,8 +167,11 @@ def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fra
 
 
 def _with_source_mode(rows: list[dict[str, Any]], src: Any) -> list[dict[str, Any]]:
-    """The source's ``thinking:`` on every row that names no mode of its own (``align.thinking``)."""
+    """The source's ``thinking:`` on every row that names no mode of its own (``align.thinking``); rows of a
+    ``replay`` source are marked ``replay`` (demonstrations of an earlier task: kept as they are, never re-sampled)."""
     mode = getattr(src, "thinking", None)
+    if getattr(src, "replay", False):
+        rows = [{**r, "replay": True} for r in rows]
     if mode is None:
         return rows
     return [r if r.get("thinking") is not None else {**r, "thinking": mode} for r in rows]

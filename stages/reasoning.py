@@ -66,11 +66,15 @@ def run(cfg: ReasoningStageConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"aux_loss_coef": coef, "trace_source": source}
     evaluation.grade_before(model, tok, cfg, heldout, metrics)
     if source == "self":
-        rows, stats = sample_accepted_traces(model, tok, rows, cfg.traces)
+        # replayed rows are an earlier task's own demonstrations (often another mode): kept, not re-sampled
+        demos = [r for r in rows if r.get("replay")]
+        rows, stats = sample_accepted_traces(model, tok, [r for r in rows if not r.get("replay")], cfg.traces)
+        stats["replay_rows"] = len(demos)
         metrics["rejection_sampling"] = stats
-        logger.info("rejection sampling: %d of %d samples accepted (%.1f%%)", stats["accepted"], stats["sampled"],
-                    100 * stats["acceptance_rate"])
-        if not rows:
+        logger.info("rejection sampling: %d of %d samples accepted (%.1f%%), plus %d replayed rows", stats["accepted"],
+                    stats["sampled"], 100 * stats["acceptance_rate"], len(demos))
+        rows += demos
+        if not stats["accepted"]:
             raise DataError(f"stage {cfg.name!r}: rejection sampling accepted no sample; raise traces.k or "
                             "traces.temperature, or start from a stronger model")
 

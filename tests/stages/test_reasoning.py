@@ -33,11 +33,15 @@ def test_self_traces_stage_runs(smoke_run, tmp_path):
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.reasoning.traces={source: self, k: 4, "
                               "max_prompts: 32, max_new_tokens: 24, verifiers: []}",
                               "stages.reasoning.trainer.max_steps=2",
-                              f"stages.reasoning.data.sources=[{{recipe: '{__file__}:echo_rows'}}]"])
+                              f"stages.reasoning.data.sources=[{{recipe: '{__file__}:echo_rows'}}, "
+                              "{recipe: arithmetic, kwargs: {digits: 2, ops: ['+']}, replay: true}]"])
     rows = run_pipeline(cfg, only="reasoning", init_from=out / "01_reasoning" / "final")
-    m = json.loads((tmp_path / "01_reasoning" / "manifest.json").read_text())["metrics"]
-    assert m["trace_source"] == "self" and m["rejection_sampling"]["sampled"] == 128
-    assert m["rejection_sampling"]["accepted"] > 0 and rows[0]["steps"] == 2
+    m = json.loads((tmp_path / "01_reasoning" / "manifest.json").read_text())
+    rs = m["metrics"]["rejection_sampling"]
+    assert m["metrics"]["trace_source"] == "self" and rs["sampled"] == 128  # 32 prompts x 4, none of them replayed
+    assert rs["accepted"] > 0 and rows[0]["steps"] == 2
+    assert rs["replay_rows"] == 128  # the replay source's demonstrations are trained on as they are
+    assert m["n_train"] == rs["accepted"] + rs["replay_rows"]
 
 
 def echo_rows(split, n, seed):
