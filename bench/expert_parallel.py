@@ -83,19 +83,23 @@ def worker(args: argparse.Namespace) -> None:
         if step >= 2:
             times.append(time.perf_counter() - t0)
     result.update(rank=rank, world=world, step_s=statistics.median(times) if times else None)
-    print("RESULT " + json.dumps(result), flush=True)
+    # one file per rank: two ranks printing to one pipe can interleave their lines
+    Path(args.result_dir, f"rank{rank}.json").write_text(json.dumps(result))
     distributed.shutdown()
 
 
 def run(nproc: int, zero: int, ep: int, args: argparse.Namespace) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), __file__, "--worker",
-           "--zero", str(zero), "--ep", str(ep), "--hidden", str(args.hidden), "--dtype", args.dtype,
-           "--steps", str(args.steps), "--model-dir", args.model_dir]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{nproc} x ZeRO-{zero} ep {ep} failed:\n{proc.stderr[-3000:]}")
-    return [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as results:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), __file__, "--worker",
+               "--zero", str(zero), "--ep", str(ep), "--hidden", str(args.hidden), "--dtype", args.dtype,
+               "--steps", str(args.steps), "--model-dir", args.model_dir, "--result-dir", results]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{nproc} x ZeRO-{zero} ep {ep} failed:\n{proc.stderr[-3000:]}")
+        return [json.loads(f.read_text()) for f in sorted(Path(results).glob("rank*.json"))]
 
 
 def main() -> None:
@@ -107,6 +111,7 @@ def main() -> None:
     p.add_argument("--zero", type=int, default=0)
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         from align.distributed import exit_process
