@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from zero_memory import measure  # noqa: E402 - the one byte counter, shared with the ZeRO bench
+from zero_memory import ds_config, measure  # noqa: E402 - one byte counter and one config, shared with the ZeRO bench
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -46,12 +46,7 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     model, _ = modeling.load_model(args.model_dir)
     model.config.output_router_logits = False
-    base = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-            "zero_optimization": {"stage": args.zero, "reduce_bucket_size": args.hidden**2,
-                                  "allgather_bucket_size": args.hidden**2,
-                                  "stage3_prefetch_bucket_size": int(0.9 * args.hidden**2)},
-            "bf16": {"enabled": args.dtype == "bf16"}}
+    base = ds_config(args.zero, args.hidden, args.dtype)
     if args.ep > 1:
         patch_output_capture_registry()
         config = deepspeed_config(base, args.ep, "qwen3_moe")

@@ -105,6 +105,16 @@ def measure(engine: Any, expert_share: float) -> dict[str, Any]:
     return {"bytes": totals, "expert_bytes": experts, "total": sum(totals.values()), "buffers": buffers}
 
 
+def ds_config(zero: int, hidden: int, dtype: str) -> dict[str, Any]:
+    """The DeepSpeed config of these benches: batch 2, torch AdamW, ZeRO ``zero`` with bucket sizes as HF's
+    ``auto`` sets them (hidden^2, not DeepSpeed's 5e8-element defaults)."""
+    return {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+            "zero_optimization": {"stage": zero, "reduce_bucket_size": hidden**2, "allgather_bucket_size": hidden**2,
+                                  "stage3_prefetch_bucket_size": int(0.9 * hidden**2)},
+            "bf16": {"enabled": dtype == "bf16"}}
+
+
 def worker(args: argparse.Namespace) -> None:
     import deepspeed
 
@@ -119,13 +129,7 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     model, _ = modeling.load_model(args.model_dir)
     moe.mark_zero3_leaves(model)
-    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-              # bucket sizes as HF's "auto" sets them (hidden^2), not DeepSpeed's 5e8-element defaults
-              "zero_optimization": {"stage": args.zero, "reduce_bucket_size": args.hidden**2,
-                                    "allgather_bucket_size": args.hidden**2,
-                                    "stage3_prefetch_bucket_size": int(0.9 * args.hidden**2)},
-              "bf16": {"enabled": args.dtype == "bf16"}}
+    config = ds_config(args.zero, args.hidden, args.dtype)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     gen = torch.Generator().manual_seed(rank)
     for step in range(2):
