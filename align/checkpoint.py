@@ -278,7 +278,8 @@ def _finalize_expert_parallel(trainer: Any, tok: Any, ctx: Any, out: Path) -> Pa
     state = consolidated_state_dict(trainer.model, preset)
     # the check that final/ is the trained model: the expert-parallel model's logits on a probe batch (every rank takes
     # part: its layers all-to-all), compared on rank 0 with the consolidated model's
-    probe = torch.arange(2 * 12).reshape(2, 12) % max(2, len(tok)) + 3
+    vocab = trainer.model.config.get_text_config().vocab_size
+    probe = torch.arange(2 * 12).reshape(2, 12) % max(1, vocab - 3) + 3  # [2, 12] ids past the first special tokens
     was_training = trainer.model.training
     trainer.model.eval()
     with torch.no_grad():

@@ -51,8 +51,7 @@ def patch_output_capture_registry() -> bool:
 
     get._align_patched = True  # type: ignore[attr-defined]
     cls.get = get
-    logger.debug("patched %s.get to accept a default (DeepSpeed AutoEP with transformers %s)", cls.__name__,
-                 getattr(__import__("transformers"), "__version__", "?"))
+    logger.debug("patched %s.get to accept a default (DeepSpeed AutoEP)", cls.__name__)
     return True
 
 

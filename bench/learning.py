@@ -118,12 +118,12 @@ def main() -> None:
           "stage wall times)")
     for seed in args.seeds:  # the eval stage's skill ledger: every suite x every graded stage, regressions flagged
         for manifest in sorted((Path(args.out) / f"seed{seed}").glob("[0-9][0-9]_*/manifest.json")):
-            ledger = json.loads(manifest.read_text()).get("metrics", {}).get("ledger")
+            metrics = json.loads(manifest.read_text()).get("metrics", {})
+            ledger = metrics.get("ledger")
             if ledger:
                 print(f"\nseed {seed}, skill ledger of {manifest.parent.name}:")
                 print("\n".join(ledger_lines(ledger)))
-                depth = (json.loads(manifest.read_text())["metrics"]["suites"].get("needle") or {}).get(
-                    "accuracy_by_depth")
+                depth = (metrics["suites"].get("needle") or {}).get("accuracy_by_depth")
                 if depth:
                     print("needle by depth (final model): " + ", ".join(f"{float(d):.0%} {a:.3f}" for d, a in depth.items()))
 

@@ -156,17 +156,17 @@ def _source_rows(src: Any, split: str, n: int, seed: int, kind: str, heldout_fra
         except (TypeError, ValueError) as exc:
             raise DataError(f"recipe {src.recipe!r} (kwargs {src.kwargs}): {exc}") from None
         validate_rows(rows, kind, f"recipe {src.recipe!r}")
-        return _with_source_mode(rows[:n], src)
+        return _with_source_marks(rows[:n], src)
     rows, lines = read_file_rows(src.path, getattr(src, "split", "train"))
     rows = normalize_rows(rows, str(src.path), getattr(src, "columns", None), getattr(src, "verifier", None), lines)
     validate_rows(rows, kind, str(src.path), lines)
     mine = [r for r in rows if in_heldout(row_key(r), heldout_fraction) == (split == "heldout")]
     if len(mine) < n:
         logger.warning("%s: %d %s rows available, %d asked for; using all", src.path, len(mine), split, n)
-    return _with_source_mode(mine[:n], src)
+    return _with_source_marks(mine[:n], src)
 
 
-def _with_source_mode(rows: list[dict[str, Any]], src: Any) -> list[dict[str, Any]]:
+def _with_source_marks(rows: list[dict[str, Any]], src: Any) -> list[dict[str, Any]]:
     """The source's ``thinking:`` on every row that names no mode of its own (``align.thinking``); rows of a
     ``replay`` source are marked ``replay`` (demonstrations of an earlier task: kept as they are, never re-sampled)."""
     mode = getattr(src, "thinking", None)
