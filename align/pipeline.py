@@ -405,7 +405,7 @@ def _launch_planned(cfg: PipelineConfig, config_path: str | None, overrides: lis
                           .read_text())
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         ds_config = cfg.run_dir / f"deepspeed_{zero_name}_ep{cfg.distributed.ep}.json"
-        checkpoint.write_json_atomic(ds_config, ep.deepspeed_config(base, cfg.distributed.ep, preset))
+        checkpoint.write_json_atomic(ds_config, ep.deepspeed_config(base, cfg.distributed.ep, preset, config))
         logger.info("expert parallelism: AutoEP preset %s, experts over %d ranks, ZeRO-%d over the rest (%s)", preset,
                     cfg.distributed.ep, cfg.distributed.zero, ds_config)
     rows = []

@@ -174,9 +174,9 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     if ctx.distributed.ep > 1:  # AutoEP swaps the MoE blocks inside deepspeed.initialize (the trainer's first step)
         import functools
 
-        from align.expert_parallel import patch_output_capture_registry
+        from align.expert_parallel import install_autoep
 
-        patch_output_capture_registry()
+        install_autoep()
         # every forward of an expert-parallel layer is an all-to-all over the ranks: a rank whose rollouts all ended
         # must keep stepping until every rank is done (transformers does this by itself only under ZeRO-3 / FSDP).
         # One-rank generation (grading) passes synced_gpus=False explicitly.

@@ -33,21 +33,62 @@ def test_output_capture_registry_takes_autoep_calls():
     assert registry.get(Model()) == {}
 
 
-def test_deepseek_v4_is_refused_naming_its_hash_layers_before_any_launch(tmp_path, monkeypatch):
-    """The embedded DeepSeek-V4 preset: AutoEP has no preset for it and its hash-routed layer has no router to swap;
-    the orchestrator refuses before launching a job or building a model."""
-    import align.distributed
-    import align.modeling
-    from align.config import ConfigError, load_config
-    from align.pipeline import run_pipeline_launched
-    from tests.conftest import SMOKE
+def test_deepseek_v4_preset_takes_its_learned_layers_and_leaves_hash_layers_to_zero():
+    """The embedded DeepSeek-V4 preset maps to align's AutoEP preset; the DeepSpeed config's layer pattern names its
+    learned-router layers only; a model whose MoE layers are all hash-routed (nothing to make expert-parallel) or whose
+    scoring the EP router does not compute is refused, naming the layers."""
+    import re
 
-    monkeypatch.setattr(align.distributed, "run_launched", lambda *a: pytest.fail("a job was launched"))
-    monkeypatch.setattr(align.modeling, "build_base", lambda *a, **k: pytest.fail("weights built"))
-    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "distributed.nproc=2", "distributed.zero=2",
-                              "distributed.ep=2"])
-    with pytest.raises(ConfigError, match=r"DeepSeek-V4.*hash-routed layers \(layer 0\).*learned-router layers \(layer 1, layer 2\).*sqrtsoftplus.*--zero 2 or 3 without --ep"):
-        run_pipeline_launched(cfg, str(SMOKE), [], 2, 2)
+    from align import expert_parallel as ep
+
+    config = ep.model_config(None, "tiny-deepseek-v4", {})
+    assert ep.autoep_preset(config, "preset tiny-deepseek-v4") == ep.DEEPSEEK_V4
+    block = ep.deepspeed_config({"zero_optimization": {"stage": 2}}, 2, ep.DEEPSEEK_V4, config)["expert_parallel"]
+    names = [f"model.layers.{i}.mlp" for i in range(3)]
+    assert [n for n in names if re.fullmatch(block["moe_layer_pattern"], n)] == ep.learned_layers(config)
+    assert ep.hash_layers(config) == ["model.layers.0.mlp"] and ep.learned_layers(config) == names[1:]
+    with pytest.raises(ep.ExpertParallelError, match=r"every MoE layer .* hash-routed \(model.layers.0.mlp, "
+                                                     r"model.layers.1.mlp\).*--zero 2 or 3 without --ep"):
+        ep.autoep_preset({**config, "mlp_layer_types": ["hash_moe", "hash_moe"]}, "m")
+    with pytest.raises(ep.ExpertParallelError, match="scoring_func 'tanh'"):
+        ep.autoep_preset({**config, "scoring_func": "tanh"}, "m")
+    with pytest.raises(ep.ExpertParallelError, match="no AutoEP preset for model_type 'llama'"):
+        ep.autoep_preset({"model_type": "llama"}, "m")
+
+
+def test_deepseek_v4_expert_parallel_router_routes_as_transformers_does():
+    """The EP router built for DeepSeek-V4 (AutoEP's router with the model's sqrtsoftplus scores) picks the same
+    experts with the same weights as transformers' DeepseekV4TopKRouter, with a correction bias that changes the
+    choice."""
+    import torch
+    from deepspeed.moe.ep_router import TokenChoiceTopKRouter
+    from transformers import DeepseekV4Config
+    from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4TopKRouter
+
+    from align import expert_parallel as ep
+
+    torch.manual_seed(0)
+    cfg = DeepseekV4Config(**{k: v for k, v in ep.model_config(None, "tiny-deepseek-v4", {}).items()
+                              if k != "model_type"})
+    hf = DeepseekV4TopKRouter(cfg)
+    torch.nn.init.normal_(hf.weight, std=0.5)
+    hf.e_score_correction_bias.normal_(std=0.3)
+    router = TokenChoiceTopKRouter(dim=cfg.hidden_size, num_experts=cfg.n_routed_experts, num_expert_groups=None,
+                                   num_limited_groups=None, top_k=cfg.num_experts_per_tok, score_func="sigmoid",
+                                   route_norm=True, route_scale=cfg.routed_scaling_factor, gate_bias=False)
+    router.gate.weight.data.copy_(hf.weight.data)
+    del router.e_score_correction_bias  # as AutoEP copies the model's bias: a buffer on its router
+    router.register_buffer("e_score_correction_bias", hf.e_score_correction_bias.clone())
+    x = torch.randn(64, cfg.hidden_size)
+    plain = router(x)[1].sort(-1).values  # AutoEP's own sigmoid scores: a different choice
+    router.__class__ = ep._v4_classes("sqrtsoftplus")[1]
+    weights, experts, counts = router(x)
+    _, hf_weights, hf_experts = hf(x)
+    order, hf_order = experts.argsort(-1), hf_experts.argsort(-1)
+    assert torch.equal(experts.gather(1, order), hf_experts.gather(1, hf_order))
+    assert torch.allclose(weights.gather(1, order), hf_weights.gather(1, hf_order), atol=1e-6)
+    assert torch.equal(counts.long(), torch.bincount(hf_experts.flatten(), minlength=cfg.n_routed_experts))
+    assert not torch.equal(plain, experts.sort(-1).values)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -77,30 +118,55 @@ def test_lora_and_routing_replay_with_ep_are_refused_before_weights(tmp_path):
     assert any("stages.grpo.routing_replay" in p for p in err.value.problems)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("zero", [2, 3])
-def test_smoke_pipeline_under_expert_parallelism_matches_zero2(tmp_path, zero):
-    """Qwen3-MoE, 2 CPU ranks, experts split 4 + 4 per layer (AutoEP) with ZeRO-2 or ZeRO-3 over the rest: every stage
-    runs; each rank holds half the routed-expert bytes; final/ is a plain HF model whose logits match the
-    expert-parallel model's; the first steps' losses and the (global) expert-load counts equal a plain ZeRO-2 run's."""
+@pytest.fixture(scope="module")
+def zero2_sft(tmp_path_factory):
+    """The SFT stage of the smoke pipeline on 2 ranks under plain ZeRO-2, once per model preset: the EP runs' anchor."""
     from tests.conftest import run_cli
 
     runs = {}
-    for name, extra in (("ep", ["--ep", "2", "--zero", str(zero)]), ("zero2", ["--zero", "2"])):
-        out = tmp_path / name
-        only = [] if name == "ep" else ["--only", "sft"]
-        proc = run_cli("configs/smoke.yaml", f"output_dir={out}", "model.preset=tiny-qwen3-moe", "--nproc", "2",
-                       *extra, *only, timeout=840)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        runs[name] = out
-    ep = runs["ep"]
+
+    def run(preset, extra):
+        if preset not in runs:
+            out = tmp_path_factory.mktemp(f"zero2-{preset}")
+            proc = run_cli("configs/smoke.yaml", f"output_dir={out}", f"model.preset={preset}", *extra, "--nproc",
+                           "2", "--zero", "2", "--only", "sft", timeout=600)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            runs[preset] = out
+        return runs[preset]
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("preset,zero", [("tiny-qwen3-moe", 2), ("tiny-qwen3-moe", 3), ("tiny-deepseek-v4", 2),
+                                         ("tiny-deepseek-v4", 3)])
+def test_smoke_pipeline_under_expert_parallelism_matches_zero2(tmp_path, zero2_sft, preset, zero):
+    """2 CPU ranks, experts split 4 + 4 per layer (AutoEP) with ZeRO-2 or ZeRO-3 over the rest: every stage runs; each
+    rank holds half the routed-expert bytes of the expert-parallel layers; final/ is a plain HF model whose logits match
+    the expert-parallel model's; the first steps' losses and the (global) expert-load counts equal a plain ZeRO-2 run's.
+    Qwen3-MoE: AutoEP's own preset, every layer expert-parallel. The embedded DeepSeek-V4: align's preset, its learned-
+    router layers expert-parallel (sqrtsoftplus scores, with the bias update of aux-loss-free balancing on), its hash
+    layer on ZeRO."""
+    from tests.conftest import run_cli
+
+    v4 = preset == "tiny-deepseek-v4"
+    extra = ["model.router.bias_update=0.05"] if v4 else []
+    ep = tmp_path / "ep"
+    proc = run_cli("configs/smoke.yaml", f"output_dir={ep}", f"model.preset={preset}", *extra, "--nproc", "2",
+                   "--ep", "2", "--zero", str(zero), timeout=840)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = {"ep": ep, "zero2": zero2_sft(preset, extra)}
     for stage in ("00_sft", "01_reasoning", "02_grpo", "03_eval"):
         assert json.loads((ep / stage / "manifest.json").read_text())["status"] == "completed"
+    ep_layers = [f"model.layers.{i}.mlp" for i in range(1 if v4 else 0, 3)]
     for stage in ("00_sft", "01_reasoning", "02_grpo"):
         report = json.loads((ep / stage / "manifest.json").read_text())["metrics"]["expert_parallel"]
-        assert report["layers"] == [f"model.layers.{i}.mlp" for i in range(3)]
+        assert report["layers"] == ep_layers
+        assert report["zero_layers"] == (["model.layers.0.mlp"] if v4 else [])
         assert report["expert_bytes_this_rank"] <= 0.55 * report["expert_bytes_whole"]
+        if zero == 3 or not v4:  # under ZeRO-2 the hash layer's experts are whole on each rank
+            assert report["all_expert_bytes_this_rank"] <= 0.55 * report["all_expert_bytes_whole"]
         assert report["final_max_logit_diff"] < 1e-4
     # final/ is whole and plain: transformers loads it without AutoEP, every expert trained away from the input
     from transformers import AutoModelForCausalLM
@@ -110,6 +176,8 @@ def test_smoke_pipeline_under_expert_parallelism_matches_zero2(tmp_path, zero):
     for i in range(3):
         moved = (final.model.layers[i].mlp.experts.gate_up_proj - base.model.layers[i].mlp.experts.gate_up_proj)
         assert (moved.flatten(1).abs().amax(1) > 0).all()  # experts of both ranks were trained and gathered
+    if v4:  # the balancing bias moved on the expert-parallel routers and came back into final/
+        assert all(final.model.layers[i].mlp.gate.e_score_correction_bias.abs().sum() > 0 for i in (1, 2))
     logs = {n: json.loads((r / "00_sft" / "log_history.json").read_text()) for n, r in runs.items()}
     losses = {n: [x["loss"] for x in h if "loss" in x][:3] for n, h in logs.items()}
     assert losses["ep"] == pytest.approx(losses["zero2"], rel=1e-3), losses
@@ -117,6 +185,27 @@ def test_smoke_pipeline_under_expert_parallelism_matches_zero2(tmp_path, zero):
            for n, r in runs.items()}
     assert {k: v["tokens"] for k, v in moe["ep"].items()} == {k: v["tokens"] for k, v in moe["zero2"].items()}
     assert all(v["tokens"] > 0 for v in moe["ep"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("preset,layers", [("tiny-mixtral", [0, 1, 2]), ("tiny-deepseek-v3", [1, 2])])
+def test_other_families_train_under_expert_parallelism(tmp_path, zero2_sft, preset, layers):
+    """AutoEP's own Mixtral and DeepSeek-V3 presets through align unchanged (DeepSeek-V3's first layer is dense): the SFT
+    stage on 2 ranks with EP 2 logs plain ZeRO-2's losses, with the aux loss on (DeepSeek-V3's router logits are still
+    recorded after the swap), and final/ matches the expert-parallel model."""
+    from tests.conftest import run_cli
+
+    ep = tmp_path / "ep"
+    proc = run_cli("configs/smoke.yaml", f"output_dir={ep}", f"model.preset={preset}", "--nproc", "2", "--ep", "2",
+                   "--zero", "2", "--only", "sft", timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((ep / "00_sft" / "manifest.json").read_text())["metrics"]["expert_parallel"]
+    assert report["layers"] == [f"model.layers.{i}.mlp" for i in layers]
+    assert report["final_max_logit_diff"] < 1e-4
+    losses = {n: [x["loss"] for x in json.loads((r / "00_sft" / "log_history.json").read_text()) if "loss" in x][:3]
+              for n, r in (("ep", ep), ("zero2", zero2_sft(preset, [])))}
+    assert losses["ep"] == pytest.approx(losses["zero2"], rel=1e-3), losses
 
 
 @pytest.mark.slow
