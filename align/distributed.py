@@ -169,6 +169,12 @@ def zero3_self_test(engine: Any, timeout_s: float = 120.0, seq_len: int = 2) -> 
             used[name] = sorted(set(idx.reshape(-1).tolist()))
 
         handles.append(router.register_forward_hook(record))
+    # said before the probe: a collective mismatch can also abort the process inside gloo (SIGABRT), before any
+    # Python handler or the watchdog could name the cause
+    logger.info("rank %d: ZeRO-3 start-up self-test: one forward/backward, ranks routed to different experts (a hang "
+                "or abort from here on means an MoE block that is not a ZeRO-3 leaf module; remedy: "
+                "align.moe.mark_zero3_leaves)", rank)
+    sys.stderr.flush()
     watchdog = threading.Timer(timeout_s, _abort_hung, args=(rank, timeout_s))
     watchdog.daemon = True
     watchdog.start()

@@ -6,8 +6,8 @@ Each variant trains a fresh preset model (seed 0) on needle rows (answer only, t
 with a plain AdamW loop on the assistant tokens — the same loss the SFT stage's assistant-only mode computes, without
 TRL, so many variants fit one run — and grades greedy retrieval every ``--eval-every`` steps on the ``needle`` eval
 suite's problems (held-out code words, 400-character context, needle at 5 / 50 / 95 % depth). Variants differ in the
-model's attention layout (``sliding_window``, which layers use compressed-sparse attention) and the training
-contexts' lengths. Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
+model's attention layout (``sliding_window``, which layers use compressed-sparse attention), the training
+contexts' lengths and the code word's alphabet (``digits-*``: 5-digit pass keys). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
 preset as shipped, same run). ``--parallel N`` runs N variants at once, each with ``--threads`` torch threads.
 """
 
@@ -49,6 +49,11 @@ VARIANTS: dict[str, dict] = {
                                          "mlp_layer_types": ["hash_moe", "moe", "moe", "moe"]}, "context": (10, 40)},
     "sw512-tiny-wide": {"overrides": {**SW, "hidden_size": 128, "num_key_value_heads": 4}, "context": (10, 40)},
     "qwen3-moe-tiny": {"context": (10, 40), "preset": "tiny-qwen3-moe"},
+    # pass keys (5 digits, characters the filler never holds) instead of letter code words
+    "digits-tiny": {"context": (10, 40), "needle": {"code": "digits"}},
+    "digits-mixed": {"context": (40, 400), "needle": {"code": "digits"}},
+    "digits-sw512-tiny": {"overrides": SW, "context": (10, 40), "needle": {"code": "digits"}},
+    "digits-sw512-mixed": {"overrides": SW, "context": (40, 400), "needle": {"code": "digits"}},
 }
 
 
@@ -111,10 +116,11 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
     train = []
     per = steps * batch // len(bands) + 1
     for k, chars in enumerate(bands):
-        train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars), v.get("full_loss", False))
+        train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars, **v.get("needle", {})),
+                        v.get("full_loss", False))
     rng.shuffle(train)
-    suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95])
-    own = needle("heldout", 60, seed + 1, context_chars=hi)  # the longest training context, random depth
+    suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95], **v.get("needle", {}))
+    own = needle("heldout", 60, seed + 1, context_chars=hi, **v.get("needle", {}))  # the longest training context, random depth
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

@@ -22,8 +22,11 @@ FILLER = ("the sky was grey and the road was long . birds sang in the old oak . 
           "rain fell on the hills . the river ran past the mill . ").split()
 
 
-def _code_word(rng: random.Random) -> str:
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10))
+# code word alphabets: ``letters`` (3 lower-case letters and a digit, characters the filler also uses) or ``digits``
+# (a 5-digit pass key, as in passkey retrieval: characters the filler never holds, so the copy can key on them)
+CODES = {"letters": (lambda rng: "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10)),
+                     26**3 * 10),
+         "digits": (lambda rng: "".join(rng.choice(string.digits) for _ in range(5)), 10**5)}
 
 
 def filler_words(rng: random.Random, chars: int) -> list[str]:
@@ -52,6 +55,7 @@ def needle(
     context_chars: int = 120,
     depths: tuple[float, ...] | list[float] | None = None,
     style: Literal["answer", "trace"] = "answer",
+    code: Literal["letters", "digits"] = "letters",
 ) -> list[dict[str, Any]]:
     """``n`` needle problems; ``depths`` cycles through given fractions (default: uniform random depth).
 
@@ -59,18 +63,21 @@ def needle(
     """
     if style not in ("answer", "trace"):
         raise ValueError(f"needle: style must be 'answer' or 'trace', got {style!r}")
+    if code not in CODES:
+        raise ValueError(f"needle: code must be one of {', '.join(CODES)}, got {code!r}")
+    draw, words = CODES[code]
     if context_chars < 10:
         raise ValueError("needle: context_chars must be >= 10")
     rng = random.Random(f"needle/{split}/{seed}")
     want_heldout = split == "heldout"
-    if n > 26**3 * 10 // 2:  # code words in all (both splits share them by a hash)
-        raise ValueError(f"needle: asked for {n} {split} rows; there are about {26**3 * 10 // 2:,} distinct code words "
-                         "per split")
+    if n > words // 2:  # code words in all (both splits share them by a hash)
+        raise ValueError(f"needle: asked for {n} {split} rows; there are about {words // 2:,} distinct code words "
+                         f"per split ({code})")
     rows, seen = [], set()
     budget = 50 * n + 1000  # a larger n than one split holds ends with an error, not a loop forever
     while len(rows) < n and budget > 0:
         budget -= 1
-        word = _code_word(rng)
+        word = draw(rng)
         if word in seen or in_heldout(word) != want_heldout:
             continue
         seen.add(word)
@@ -87,5 +94,6 @@ def needle(
             "meta": {"depth": depth, "needle_char": offset},
         })
     if len(rows) < n:
-        raise ValueError(f"needle: could not draw {n} distinct {split} code words (about 88,000 exist per split)")
+        raise ValueError(f"needle: could not draw {n} distinct {split} code words (about {words // 2:,} exist per "
+                         "split)")
     return rows
