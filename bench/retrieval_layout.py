@@ -54,7 +54,23 @@ VARIANTS: dict[str, dict] = {
     "digits-mixed": {"context": (40, 400), "needle": {"code": "digits"}},
     "digits-sw512-tiny": {"overrides": SW, "context": (10, 40), "needle": {"code": "digits"}},
     "digits-sw512-mixed": {"overrides": SW, "context": (40, 400), "needle": {"code": "digits"}},
+    # half the rows a dense copy task ("repeat this string": every answer token is a copy), the needle's sparse copy
+    # signal (5 answer tokens per row) helped by a task that teaches copying itself
+    "copy-tiny": {"context": (10, 40), "copy": 0.5},
+    "copy-mixed": {"context": (40, 400), "copy": 0.5},
+    "copy-tiny-lr1e-3": {"context": (10, 40), "copy": 0.5, "lr": 1e-3},
 }
+
+
+def copy_rows(n: int, seed: int, lo: int = 8, hi: int = 32) -> list[dict]:
+    """``n`` rows of "repeat this string" (lower-case letters and digits, ``lo``-``hi`` characters)."""
+    rng = random.Random(f"copy/{seed}")
+    rows = []
+    for _ in range(n):
+        text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(lo, hi)))
+        rows.append({"messages": [{"role": "user", "content": f"{text}\nRepeat it."},
+                                  {"role": "assistant", "content": text}]})
+    return rows
 
 
 def encode(tok, rows: list[dict], full_loss: bool = False) -> list[tuple[list[int], list[int]]]:
@@ -118,6 +134,9 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
     for k, chars in enumerate(bands):
         train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars, **v.get("needle", {})),
                         v.get("full_loss", False))
+    if v.get("copy"):  # replace that share of the rows with copy rows
+        k = int(len(train) * v["copy"])
+        train = train[k:] + encode(tok, copy_rows(k, seed), v.get("full_loss", False))
     rng.shuffle(train)
     suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95], **v.get("needle", {}))
     own = needle("heldout", 60, seed + 1, context_chars=hi, **v.get("needle", {}))  # the longest training context, random depth
