@@ -60,6 +60,7 @@ def needle(
     """``n`` needle problems; ``depths`` cycles through given fractions (default: uniform random depth).
 
     ``style="trace"``: the assistant first quotes the sentence holding the needle in ``<think>``, then answers.
+    ``code="digits"``: the code word is a 5-digit pass key (see ``CODES``).
     """
     if style not in ("answer", "trace"):
         raise ValueError(f"needle: style must be 'answer' or 'trace', got {style!r}")
