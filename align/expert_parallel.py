@@ -116,8 +116,9 @@ def learned_layers(config: dict[str, Any]) -> list[str]:
 
 
 DEEPSEEK_V4 = "align_deepseek_v4"  # our AutoEP preset's name (install_autoep)
+# DeepSeek-V4's scoring functions (transformers' ACT2FN names) the expert-parallel router computes
 _V4_SCORES = {"sqrtsoftplus": lambda logits: torch.sqrt(torch.nn.functional.softplus(logits)),
-              "sigmoid": torch.sigmoid, "softmax": lambda logits: torch.softmax(logits, dim=-1)}
+              "sigmoid": torch.sigmoid}
 
 
 def install_autoep() -> None:
@@ -207,8 +208,9 @@ def _v4_classes(scoring: str) -> tuple[type, type]:
     return DeepseekV4EPLayer, DeepseekV4Router
 
 
-def deepspeed_config(base: dict[str, Any], ep: int, preset: str, model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``base`` (a ZeRO config) with AutoEP on: experts split over ``ep`` ranks, ZeRO over the rest.
+def deepspeed_config(base: dict[str, Any], ep: int, preset: str, model: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a ZeRO config) with AutoEP on: experts split over ``ep`` ranks, ZeRO over the rest; ``model`` is the
+    model's config (``model_config``), which decides DeepSeek-V4's expert-parallel layers.
 
     The optimizer is DeepSpeed's (torch's AdamW, hyper-parameters ``auto`` = the trainer's): ZeRO needs the expert
     weights in optimizer groups of their own (reduced over the expert-data-parallel group, not all ranks), and only an
@@ -224,7 +226,7 @@ def deepspeed_config(base: dict[str, Any], ep: int, preset: str, model: dict[str
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     block = {"enabled": True, "autoep_size": ep, "preset_model": preset}
     if preset == DEEPSEEK_V4:  # only the learned-router layers: hash-routed blocks stay ordinary (ZeRO-sharded) modules
-        block["moe_layer_pattern"] = "|".join(name.replace(".", r"\.") for name in learned_layers(model or {}))
+        block["moe_layer_pattern"] = "|".join(name.replace(".", r"\.") for name in learned_layers(model))
     return {**base, "zero_optimization": zero, "optimizer": optimizer, "expert_parallel": block}
 
 

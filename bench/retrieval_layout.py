@@ -7,7 +7,8 @@ with a plain AdamW loop on the assistant tokens — the same loss the SFT stage'
 TRL, so many variants fit one run — and grades greedy retrieval every ``--eval-every`` steps on the ``needle`` eval
 suite's problems (held-out code words, 400-character context, needle at 5 / 50 / 95 % depth). Variants differ in the
 model's attention layout (``sliding_window``, which layers use compressed-sparse attention), the training
-contexts' lengths and the code word's alphabet (``digits-*``: 5-digit pass keys). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
+contexts' lengths, the code word's alphabet (``digits-*``: 5-digit pass keys) and a dense copy task mixed in
+(``copy-*``). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
 preset as shipped, same run). ``--parallel N`` runs N variants at once, each with ``--threads`` torch threads.
 """
 
@@ -134,12 +135,14 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
     for k, chars in enumerate(bands):
         train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars, **v.get("needle", {})),
                         v.get("full_loss", False))
+    rng.shuffle(train)  # before the copy rows take their share: the bands are in order of length
     if v.get("copy"):  # replace that share of the rows with copy rows
         k = int(len(train) * v["copy"])
         train = train[k:] + encode(tok, copy_rows(k, seed), v.get("full_loss", False))
-    rng.shuffle(train)
+        rng.shuffle(train)
     suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95], **v.get("needle", {}))
-    own = needle("heldout", 60, seed + 1, context_chars=hi, **v.get("needle", {}))  # the longest training context, random depth
+    # the longest training context, random depth
+    own = needle("heldout", 60, seed + 1, context_chars=hi, **v.get("needle", {}))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

@@ -56,7 +56,8 @@ def test_deepseek_v4_preset_takes_its_learned_layers_and_leaves_hash_layers_to_z
         ep.autoep_preset({"model_type": "llama"}, "m")
 
 
-def test_deepseek_v4_expert_parallel_router_routes_as_transformers_does():
+@pytest.mark.parametrize("scoring", ["sqrtsoftplus", "sigmoid"])
+def test_deepseek_v4_expert_parallel_router_routes_as_transformers_does(scoring):
     """The EP router built for DeepSeek-V4 (AutoEP's router with the model's sqrtsoftplus scores) picks the same
     experts with the same weights as transformers' DeepseekV4TopKRouter, with a correction bias that changes the
     choice."""
@@ -69,7 +70,7 @@ def test_deepseek_v4_expert_parallel_router_routes_as_transformers_does():
 
     torch.manual_seed(0)
     cfg = DeepseekV4Config(**{k: v for k, v in ep.model_config(None, "tiny-deepseek-v4", {}).items()
-                              if k != "model_type"})
+                              if k != "model_type"}, scoring_func=scoring)
     hf = DeepseekV4TopKRouter(cfg)
     torch.nn.init.normal_(hf.weight, std=0.5)
     hf.e_score_correction_bias.normal_(std=0.3)
@@ -81,14 +82,15 @@ def test_deepseek_v4_expert_parallel_router_routes_as_transformers_does():
     router.register_buffer("e_score_correction_bias", hf.e_score_correction_bias.clone())
     x = torch.randn(64, cfg.hidden_size)
     plain = router(x)[1].sort(-1).values  # AutoEP's own sigmoid scores: a different choice
-    router.__class__ = ep._v4_classes("sqrtsoftplus")[1]
+    router.__class__ = ep._v4_classes(scoring)[1]
     weights, experts, counts = router(x)
     _, hf_weights, hf_experts = hf(x)
     order, hf_order = experts.argsort(-1), hf_experts.argsort(-1)
     assert torch.equal(experts.gather(1, order), hf_experts.gather(1, hf_order))
     assert torch.allclose(weights.gather(1, order), hf_weights.gather(1, hf_order), atol=1e-6)
     assert torch.equal(counts.long(), torch.bincount(hf_experts.flatten(), minlength=cfg.n_routed_experts))
-    assert not torch.equal(plain, experts.sort(-1).values)
+    if scoring == "sqrtsoftplus":
+        assert not torch.equal(plain, experts.sort(-1).values)
 
 
 @pytest.mark.parametrize("overrides,match", [
