@@ -168,7 +168,15 @@ class SourceConfig:
     first, false = the template's non-thinking prompt and a direct answer. Default: what the row's assistant turn
     shows (a ``<think>`` block or not), else the stage kind's (grpo: thinking)."""
 
+    phase: int = 0
+    """Curriculum (SFT and reasoning stages): the training rows of phase 0 sources come first, shuffled together,
+    then those of phase 1, and so on; a stage with more than one phase trains on them in that order (transformers'
+    ``train_sampling_strategy: sequential``) instead of sampling at random. E.g. short contexts until a skill forms,
+    then long ones."""
+
     def __post_init__(self) -> None:
+        if self.phase < 0:
+            raise ValueError(f"phase: must be >= 0, got {self.phase}")
         if (self.recipe is None) == (self.path is None):
             raise ValueError("recipe: give exactly one of recipe or path")
         if self.recipe is not None and (self.columns or self.verifier):
@@ -331,6 +339,19 @@ class StageConfig:
             raise ValueError("name: letters, digits, '_', '-' and '.' only")
         if self.needs_data and self.data is None:
             raise ValueError(f"data: a {self.kind} stage needs a data block")
+        if self.curriculum:
+            if self.trainer_config != "trl:SFTConfig":
+                raise ValueError(f"data.sources.phase: a curriculum (sources in phases) needs an sft or reasoning "
+                                 f"stage; a {self.kind} stage samples its own batches")
+            strategy = self.trainer.get("train_sampling_strategy", "sequential")
+            if strategy != "sequential":
+                raise ValueError(f"trainer.train_sampling_strategy: {strategy!r} would mix the curriculum's phases "
+                                 "(data.sources.phase); a curriculum trains in order ('sequential')")
+
+    @property
+    def curriculum(self) -> bool:
+        """Whether the training rows come in phases (``SourceConfig.phase``), trained in order."""
+        return self.data is not None and any(s.phase for s in self.data.sources)
 
     def row_schema(self, split: str) -> str:
         """The row schema (``data_recipes.schema`` kind) of this stage's ``split`` rows ("train" | "heldout")."""

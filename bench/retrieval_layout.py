@@ -60,6 +60,17 @@ VARIANTS: dict[str, dict] = {
     "copy-tiny": {"context": (10, 40), "copy": 0.5},
     "copy-mixed": {"context": (40, 400), "copy": 0.5},
     "copy-tiny-lr1e-3": {"context": (10, 40), "copy": 0.5, "lr": 1e-3},
+    # the quote-then-answer trace (thinking: "<think>the code word is X .</think>X"): the first copy becomes an
+    # induction step (the model has just written "the code word is "), the answer a copy a few characters back
+    "trace-sw512-tiny": {"overrides": SW, "context": (10, 40), "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-sw512-mixed": {"overrides": SW, "context": (40, 400), "needle": {"style": "trace"}, "lr": 1e-3},
+    # curricula: (steps, shortest, longest context) phases in order; the copy forms in short contexts first
+    "trace-sw512-curriculum": {"overrides": SW, "phases": [(800, 10, 40), (400, 100, 400)],
+                               "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-sw512-curriculum-b4": {"overrides": SW, "phases": [(800, 10, 40), (800, 100, 400, 4)],
+                                  "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-sw512-wide": {"overrides": SW, "context": (10, 400), "needle": {"style": "trace"}, "lr": 1e-3},
+    "sw512-tiny-full-loss-lr1e-3": {"overrides": SW, "context": (10, 40), "full_loss": True, "lr": 1e-3},
 }
 
 
@@ -122,35 +133,46 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
 
     torch.set_num_threads(threads)
     v = VARIANTS[name]
-    (lo, hi), lr, batch = v["context"], v.get("lr", lr), v.get("batch", batch)
+    lr, batch = v.get("lr", lr), v.get("batch", batch)
+    phases = v.get("phases", [(steps, *v.get("context", (0, 0)))])
+    hi = phases[-1][2]
     with tempfile.TemporaryDirectory() as tmp:
         path = modeling.build_base(v.get("preset", "tiny-deepseek-v4"), v.get("overrides", {}), seed, tmp)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
         tok = modeling.build_tokenizer()
     rng = random.Random(seed)
-    # training rows: context lengths spread over [lo, hi] in 8 bands (each band its own recipe call, as a data mixture)
-    bands = sorted({lo + (hi - lo) * k // 7 for k in range(8)}) if hi > lo else [lo]
     train = []
-    per = steps * batch // len(bands) + 1
-    for k, chars in enumerate(bands):
-        train += encode(tok, needle("train", per, seed + 17 * k, context_chars=chars, **v.get("needle", {})),
-                        v.get("full_loss", False))
-    rng.shuffle(train)  # before the copy rows take their share: the bands are in order of length
-    if v.get("copy"):  # replace that share of the rows with copy rows
-        k = int(len(train) * v["copy"])
-        train = train[k:] + encode(tok, copy_rows(k, seed), v.get("full_loss", False))
-        rng.shuffle(train)
+    sizes = []  # batch size per step
+    for p, (n_steps, lo, hi, *rest) in enumerate(phases):
+        size = rest[0] if rest else batch
+        sizes += [size] * n_steps
+        # context lengths spread over [lo, hi] in 8 bands (each band its own recipe call, as a data mixture)
+        bands = sorted({lo + (hi - lo) * k // 7 for k in range(8)}) if hi > lo else [lo]
+        rows = []
+        per = n_steps * size // len(bands) + 1
+        for k, chars in enumerate(bands):
+            rows += encode(tok, needle("train", per, seed + 17 * k + 1000 * p, context_chars=chars,
+                                       **v.get("needle", {})), v.get("full_loss", False))
+        rng.shuffle(rows)  # before the copy rows take their share: the bands are in order of length
+        if v.get("copy"):  # replace that share of the rows with copy rows
+            k = int(len(rows) * v["copy"])
+            rows = rows[k:] + encode(tok, copy_rows(k, seed + p), v.get("full_loss", False))
+            rng.shuffle(rows)
+        train += rows[: n_steps * size]
+    steps = len(sizes)
+    starts = [sum(sizes[:i]) for i in range(steps + 1)]
     suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95], **v.get("needle", {}))
     # the longest training context, random depth
-    own = needle("heldout", 60, seed + 1, context_chars=hi, **v.get("needle", {}))
+    own = needle("heldout", 30, seed + 1, context_chars=hi, **v.get("needle", {}))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history, times = [], []
+    phase_ends = {sum(ph[0] for ph in phases[: i + 1]) for i in range(len(phases))}
     start = time.monotonic()
     for step in range(1, steps + 1):
         last = step == steps or time.monotonic() - start > max_seconds  # a wall-clock budget ends the run early
-        chunk = train[(step - 1) * batch: step * batch]
+        chunk = train[starts[step - 1]: starts[step]]
         width = max(len(ids) for ids, _ in chunk)
         x = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i, _ in chunk], device=device)
         y = torch.tensor([[-100] * (width - len(lab)) + lab for _, lab in chunk], device=device)
@@ -164,13 +186,14 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
         sched.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-        if step % eval_every == 0 or last:
-            comps = greedy(model, tok, suite, device)
+        if step % eval_every == 0 or last or step in phase_ends:
+            max_new = 34 if v.get("needle", {}).get("style") == "trace" else 6
+            comps = greedy(model, tok, suite, device, max_new)
             by_depth: dict[float, list[float]] = {}
             for r, c in zip(suite, comps):
                 by_depth.setdefault(r["meta"]["depth"], []).append(float(retrieval(c, r["answer"]).score))
             acc = {str(d): sum(x) / len(x) for d, x in sorted(by_depth.items())}
-            own_acc = sum(float(retrieval(c, r["answer"]).score) for r, c in zip(own, greedy(model, tok, own, device)))
+            own_acc = sum(float(retrieval(c, r["answer"]).score) for r, c in zip(own, greedy(model, tok, own, device, max_new)))
             history.append({"step": step, "loss": round(loss.item(), 4), "by_depth": acc, "own": own_acc / len(own)})
             print(f"{name:>26} step {step:5d} loss {loss.item():.3f} needle by depth {acc} own ({hi} chars) "
                   f"{own_acc / len(own):.2f}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,8 @@ def _with_source_marks(rows: list[dict[str, Any]], src: Any) -> list[dict[str, A
     """The source's ``thinking:`` on every row that names no mode of its own (``align.thinking``); rows of a
     ``replay`` source are marked ``replay`` (demonstrations of an earlier task: kept as they are, never re-sampled)."""
     mode = getattr(src, "thinking", None)
+    if getattr(src, "phase", 0):
+        rows = [{**r, "phase": src.phase} for r in rows]
     if getattr(src, "replay", False):
         rows = [{**r, "replay": True} for r in rows]
     if mode is None:
@@ -215,4 +218,18 @@ def build_rows(data: Any, split: str, seed: int, kind: str, system_prompt: str |
         raise DataError(f"{split} split is empty after dedup and filters (sources: {names})")
     if system_prompt:
         rows = [with_system_prompt(r, system_prompt) for r in rows]
+    if split == "train" and any(r.get("phase") for r in rows):
+        rows = curriculum_order(rows, seed)
     return rows
+
+
+def curriculum_order(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Rows by their sources' ``phase`` (0 first), each phase's rows shuffled together (seeded): the order a
+    sequential sampler trains them in."""
+    rng = random.Random(f"curriculum/{seed}")
+    ordered: list[dict[str, Any]] = []
+    for phase in sorted({r.get("phase", 0) for r in rows}):
+        block = [r for r in rows if r.get("phase", 0) == phase]
+        rng.shuffle(block)
+        ordered += block
+    return ordered

@@ -52,7 +52,7 @@ def needle(
     split: Literal["train", "heldout"],
     n: int,
     seed: int,
-    context_chars: int = 120,
+    context_chars: int | tuple[int, int] | list[int] = 120,
     depths: tuple[float, ...] | list[float] | None = None,
     style: Literal["answer", "trace"] = "answer",
     code: Literal["letters", "digits"] = "letters",
@@ -61,14 +61,17 @@ def needle(
 
     ``style="trace"``: the assistant first quotes the sentence holding the needle in ``<think>``, then answers.
     ``code="digits"``: the code word is a 5-digit pass key (see ``CODES``).
+    ``context_chars=[lo, hi]``: each row's context length drawn uniformly from that range (a length mixture in one
+    source; with sequential sampling, sources in order make a curriculum of lengths).
     """
     if style not in ("answer", "trace"):
         raise ValueError(f"needle: style must be 'answer' or 'trace', got {style!r}")
     if code not in CODES:
         raise ValueError(f"needle: code must be one of {', '.join(CODES)}, got {code!r}")
     draw, words = CODES[code]
-    if context_chars < 10:
-        raise ValueError("needle: context_chars must be >= 10")
+    lo, hi = (context_chars, context_chars) if isinstance(context_chars, int) else tuple(context_chars)
+    if not 10 <= lo <= hi:
+        raise ValueError(f"needle: context_chars must be >= 10 (a range [lo, hi] with lo <= hi), got {context_chars!r}")
     rng = random.Random(f"needle/{split}/{seed}")
     want_heldout = split == "heldout"
     if n > words // 2:  # code words in all (both splits share them by a hash)
@@ -84,7 +87,8 @@ def needle(
         seen.add(word)
         depth = depths[len(rows) % len(depths)] if depths else rng.random()
         sentence = f"the code word is {word} ."
-        context, offset = build_context(rng, context_chars, sentence, depth)
+        chars = lo if lo == hi else rng.randint(lo, hi)  # one draw fewer for a fixed length: same rows as before
+        context, offset = build_context(rng, chars, sentence, depth)
         prompt = [{"role": "user", "content": f"{context}\nWhat is the code word?"}]
         content = f"<think>{sentence}</think>{word}" if style == "trace" else word
         rows.append({

@@ -30,8 +30,8 @@ SUITES: dict[str, tuple[str, dict[str, Any], str | None, int, bool]] = {
     "arithmetic": ("arithmetic", {"digits": 2, "ops": ["+", "-"]}, None, 32, False),
     "math": ("arithmetic", {"digits": 3, "ops": ["+", "-"]}, "math", 48, True),
     "code": ("code_functions", {}, None, 96, False),
-    "needle": ("needle", {"context_chars": 400, "depths": [0.05, 0.5, 0.95]}, None, 32, False),
-    "needle_long": ("needle", {"context_chars": 2000, "depths": [0.05, 0.5, 0.95]}, None, 32, False),
+    "needle": ("needle", {"context_chars": 400, "depths": [0.05, 0.5, 0.95]}, None, 40, False),
+    "needle_long": ("needle", {"context_chars": 2000, "depths": [0.05, 0.5, 0.95]}, None, 40, False),
     "two_hop": ("two_hop", {"context_chars": 400}, None, 32, False),
     "instructions": ("instructions", {}, None, 64, False),
 }

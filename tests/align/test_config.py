@@ -42,6 +42,15 @@ stages:
         (BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]", "[{recipe: a, weight: -1}]"), ["weight", "> 0"]),
         (BASE.replace("{TRAINER}", "{}") + "model: {router: {aux_loss_coef: -1}}\n", ["model.router.aux_loss_coef", ">= 0"]),
         ("name: t\nstages: [\n", ["invalid YAML"]),
+        # a curriculum (sources in phases) trains in order: a sampler that mixes the phases, or a kind that samples
+        # its own batches, is refused
+        (BASE.replace("{TRAINER}", "{train_sampling_strategy: random}").replace(
+            "[{recipe: arithmetic}]", "[{recipe: arithmetic}, {recipe: needle, phase: 1}]"),
+         ["train_sampling_strategy", "'random'", "phase", "sequential"]),
+        (BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]", "[{recipe: arithmetic, phase: -1}]"),
+         ["phase", ">= 0"]),
+        (BASE.replace("{TRAINER}", "{}").replace("kind: sft", "kind: grpo\n    verifiers: [{name: exact}]").replace(
+            "[{recipe: arithmetic}]", "[{recipe: arithmetic, phase: 1}]"), ["phase", "grpo stage"]),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needles):

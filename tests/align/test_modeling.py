@@ -33,3 +33,15 @@ def test_overrides_go_through_the_constructor(tmp_path):
     assert model.config.qk_rope_head_dim == 8  # derived field follows the override
     with pytest.raises(KeyError, match="did you mean hidden_size"):
         modeling.build_base("tiny-deepseek-v4", {"hiden_size": 32}, 0, tmp_path / "b")
+
+
+def test_the_wider_sliding_window_changes_nothing_below_the_old_one(tmp_path):
+    # the preset's window went from 128 to 512 tokens so a needle 400 characters back can be copied; the default's
+    # arithmetic rows (under 128 tokens) must see the same model as before, and a 400-token context a different one
+    wide, _ = modeling.load_model(modeling.build_base("tiny-deepseek-v4", {}, 0, tmp_path / "wide"))
+    narrow, _ = modeling.load_model(modeling.build_base("tiny-deepseek-v4", {"sliding_window": 128}, 0, tmp_path / "n"))
+    assert wide.config.sliding_window == 512
+    ids = torch.randint(10, 90, (2, 400), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(wide(input_ids=ids[:, :120]).logits, narrow(input_ids=ids[:, :120]).logits)
+        assert not torch.allclose(wide(input_ids=ids).logits[:, -1], narrow(input_ids=ids).logits[:, -1])

@@ -72,3 +72,17 @@ def test_parquet_and_saved_datasets_sources(tmp_path):
     with pytest.raises(DataError, match="bad.parquet: row 1: the last message must be the assistant"):
         build_rows(DataConfig(sources=(SourceConfig(path=str(tmp_path / "bad.parquet")),), n_train=1, n_heldout=0),
                    "train", 0, "sft")
+
+
+def test_curriculum_phases_come_in_order_each_shuffled_and_heldout_unordered():
+    data = DataConfig(sources=(SourceConfig(recipe="needle", kwargs={"context_chars": 200}, phase=1),
+                               SourceConfig(recipe="arithmetic", kwargs={"digits": 2}),
+                               SourceConfig(recipe="needle", kwargs={"context_chars": [10, 40]})),
+                      n_train=90, n_heldout=30)
+    rows = build_rows(data, "train", 0, "sft")
+    assert [r.get("phase", 0) for r in rows] == [0] * 60 + [1] * 30  # phase 0's two sources first, then phase 1
+    first = ["answer" in r and r.get("verifier") == "retrieval" for r in rows[:60]]
+    assert first != sorted(first) and first != sorted(first, reverse=True)  # phase 0's sources mixed, not in blocks
+    assert rows == build_rows(data, "train", 0, "sft")  # seeded
+    held = build_rows(data, "heldout", 0, "sft")
+    assert [r.get("phase", 0) for r in held] == [1] * 10 + [0] * 20  # held-out rows keep the sources' order

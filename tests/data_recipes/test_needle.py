@@ -29,3 +29,19 @@ def test_digit_pass_keys_are_the_only_digits_and_splits_stay_disjoint():
         needle("train", 60_000, seed=0, code="digits")
     with pytest.raises(ValueError, match="code must be one of letters, digits"):
         needle("train", 1, seed=0, code="hex")
+
+
+def test_a_context_range_mixes_lengths_and_a_fixed_length_keeps_its_rows():
+    import pytest
+
+    from data_recipes.needle import needle
+
+    rows = needle("train", 200, seed=0, context_chars=[10, 40], style="trace")
+    lengths = [len(r["prompt"][0]["content"].split("\n")[0]) for r in rows]
+    # a context is the filler drawn to the length plus the needle sentence (about 24 characters)
+    assert min(lengths) < 45 and max(lengths) > 65 and max(lengths) < 90
+    for r in rows:  # the trace quotes the sentence that holds the needle
+        assert r["messages"][-1]["content"] == f"<think>the code word is {r['answer']} .</think>{r['answer']}"
+    assert needle("train", 5, seed=3, context_chars=[120, 120]) == needle("train", 5, seed=3, context_chars=120)
+    with pytest.raises(ValueError, match=r"context_chars must be >= 10 .*\[40, 10\]"):
+        needle("train", 1, seed=0, context_chars=[40, 10])
