@@ -7,8 +7,9 @@ with a plain AdamW loop on the assistant tokens — the same loss the SFT stage'
 TRL, so many variants fit one run — and grades greedy retrieval every ``--eval-every`` steps on the ``needle`` eval
 suite's problems (held-out code words, 400-character context, needle at 5 / 50 / 95 % depth). Variants differ in the
 model's attention layout (``sliding_window``, which layers use compressed-sparse attention), the training
-contexts' lengths, the code word's alphabet (``digits-*``: 5-digit pass keys) and a dense copy task mixed in
-(``copy-*``). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
+contexts' lengths, the code word's alphabet (``digits-*``: 5-digit pass keys), a dense copy task mixed in
+(``copy-*``), the quote-then-answer trace (``trace-*``, graded in the template's default mode, which is thinking) and
+curricula of context lengths (``phases``: short contexts first, each phase with its own batch size). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
 preset as shipped, same run). ``--parallel N`` runs N variants at once, each with ``--threads`` torch threads.
 """
 
