@@ -94,8 +94,8 @@ def _tiny_deepseek_v4(vocab_size: int, tok: Any) -> tuple[type, dict[str, Any]]:
 
     # 3 layers as in the DeepSeek-V4 notes: layer 0 hash-routed MoE, layers 1-2 top-k routed; 8 routed experts top-2
     # plus 1 shared. The last layer uses compressed-sparse attention so the compressor and Lightning Indexer run; the
-    # others use sliding-window attention (cheapest; 512 tokens cover the eval suites' contexts). Where the CSA layer sits
-    # matters: measured on 3-digit addition traces (400 steps), CSA in layer 0 reached 7 % held-out, all-sliding 52 %,
+    # others use sliding-window attention (cheapest; 512 tokens cover the default suites' 400-character contexts).
+    # Where the CSA layer sits matters: measured on 3-digit addition traces (400 steps), CSA in layer 0 reached 7 % held-out, all-sliding 52 %,
     # CSA last 96 % — a first layer that only sees compressed blocks cannot do exact digit lookups. hc_mult=2 and 3 Sinkhorn
     # iterations halve the training step vs the V4 defaults (4, 20) at this size (bench/preset_speed.py: 63 vs 131 ms). V4's default rotary
     # fraction (64/512 of head_dim) would leave 4 rotary dims at head_dim 32; half the head gets RoPE instead, which

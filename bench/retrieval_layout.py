@@ -9,7 +9,8 @@ suite's problems (held-out code words, 400-character context, needle at 5 / 50 /
 model's attention layout (``sliding_window``, which layers use compressed-sparse attention), the training
 contexts' lengths, the code word's alphabet (``digits-*``: 5-digit pass keys), a dense copy task mixed in
 (``copy-*``), the quote-then-answer trace (``trace-*``, graded in the template's default mode, which is thinking) and
-curricula of context lengths (``phases``: short contexts first, each phase with its own batch size). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
+curricula of context lengths (``phases``: short contexts first, each phase with its own steps and batch size;
+``--steps`` does not apply to them). Printed: accuracy by depth per checkpoint, and each variant's step time relative to ``base`` (the
 preset as shipped, same run). ``--parallel N`` runs N variants at once, each with ``--threads`` torch threads.
 """
 

@@ -69,7 +69,10 @@ def needle(
     if code not in CODES:
         raise ValueError(f"needle: code must be one of {', '.join(CODES)}, got {code!r}")
     draw, words = CODES[code]
-    lo, hi = (context_chars, context_chars) if isinstance(context_chars, int) else tuple(context_chars)
+    bounds = (context_chars, context_chars) if isinstance(context_chars, int) else tuple(context_chars)
+    if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
+        raise ValueError(f"needle: context_chars must be an integer or a range [lo, hi], got {context_chars!r}")
+    lo, hi = bounds
     if not 10 <= lo <= hi:
         raise ValueError(f"needle: context_chars must be >= 10 (a range [lo, hi] with lo <= hi), got {context_chars!r}")
     rng = random.Random(f"needle/{split}/{seed}")

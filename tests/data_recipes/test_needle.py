@@ -45,3 +45,5 @@ def test_a_context_range_mixes_lengths_and_a_fixed_length_keeps_its_rows():
     assert needle("train", 5, seed=3, context_chars=[120, 120]) == needle("train", 5, seed=3, context_chars=120)
     with pytest.raises(ValueError, match=r"context_chars must be >= 10 .*\[40, 10\]"):
         needle("train", 1, seed=0, context_chars=[40, 10])
+    with pytest.raises(ValueError, match=r"an integer or a range \[lo, hi\], got \[10, 20, 30\]"):
+        needle("train", 1, seed=0, context_chars=[10, 20, 30])
