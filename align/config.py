@@ -358,8 +358,10 @@ class StageConfig:
         return self.kind
 
     def trainer_settings(self) -> dict[str, Any]:
-        """The kind's defaults with the stage's ``trainer`` block over them (align's device defaults not included)."""
-        return {**self.trainer_defaults, **self.trainer}
+        """The kind's defaults with the stage's ``trainer`` block over them (align's device defaults not included); a
+        curriculum's rows come in phase order (``data_recipes.mixture.curriculum_order``), so it samples in order."""
+        curriculum = {"train_sampling_strategy": "sequential"} if self.curriculum else {}
+        return {**self.trainer_defaults, **curriculum, **self.trainer}
 
 
 @dataclass(frozen=True)

@@ -213,11 +213,8 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     args = SFTConfig(
         **{
             **trainer_defaults(ctx.stage_dir, ctx.seed),
-            **cfg.trainer_defaults,
             "router_aux_loss_coef": coef,
-            # a curriculum's rows come in phase order (data_recipes.mixture.curriculum_order): keep that order
-            **({"train_sampling_strategy": "sequential"} if cfg.curriculum else {}),
-            **cfg.trainer,
+            **cfg.trainer_settings(),
         }
     )
     from align.validate import fit_rows

@@ -17,6 +17,7 @@ preset as shipped, same run). ``--parallel N`` runs N variants at once, each wit
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -162,7 +163,7 @@ def run_variant(name: str, steps: int, batch: int, lr: float, eval_every: int, d
             rng.shuffle(rows)
         train += rows[: n_steps * size]
     steps = len(sizes)
-    starts = [sum(sizes[:i]) for i in range(steps + 1)]
+    starts = [0, *itertools.accumulate(sizes)]  # row offset of each step's batch
     suite = needle("heldout", 60, seed, context_chars=400, depths=[0.05, 0.5, 0.95], **v.get("needle", {}))
     # the longest training context, random depth
     own = needle("heldout", 30, seed + 1, context_chars=hi, **v.get("needle", {}))

@@ -92,3 +92,17 @@ def test_config_is_frozen():
     cfg = load_config(SMOKE)
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_a_curriculum_samples_in_order_and_trl_takes_it(tmp_path):
+    from trl import SFTConfig
+
+    from align.training import trainer_defaults
+
+    phased = BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]",
+                                                     "[{recipe: arithmetic}, {recipe: needle, phase: 1}]")
+    stage = load_config(write(tmp_path, phased)).stages[0]
+    args = SFTConfig(**{**trainer_defaults(tmp_path, 0), **stage.trainer_settings()})  # as train_sft builds them
+    assert args.train_sampling_strategy == "sequential"
+    plain = load_config(write(tmp_path, BASE.replace("{TRAINER}", "{}"))).stages[0]
+    assert "train_sampling_strategy" not in plain.trainer_settings()  # no phases: TRL's random sampling
