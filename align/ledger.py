@@ -52,10 +52,12 @@ def build_ledger(graded: dict[str, dict[str, dict[str, Any]]], trained_by: dict[
                 continue
             acc, n = float(r["accuracy"]), int(r.get("n") or 0)
             cell = {"accuracy": acc, "n": n, "ci95": [round(x, 4) for x in wilson(acc, n)]}
-            if best is not None and best[1] - acc > REGRESSION_DROP:
-                cell["regression"] = {"best_stage": best[0], "best": best[1], "drop": round(best[1] - acc, 4)}
+            # rounded first: 1.000 -> 0.970 is a drop of exactly 3 points (0.030000000000000027 in floats), not more
+            drop = round(best[1] - acc, 9) if best is not None else 0.0
+            if best is not None and drop > REGRESSION_DROP:
+                cell["regression"] = {"best_stage": best[0], "best": best[1], "drop": round(drop, 4)}
                 regressions.append({"suite": suite, "stage": stage, "value": acc, "best_stage": best[0],
-                                    "best": best[1], "drop": round(best[1] - acc, 4),
+                                    "best": best[1], "drop": round(drop, 4),
                                     "trained": bool(trained_by.get(suite))})
             if best is None or acc > best[1]:
                 best = (stage, acc)

@@ -227,9 +227,46 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     dataset = Dataset.from_list([{"messages": r["messages"],
                                   **({"chat_template_kwargs": template_kwargs(row_thinking(r))} if moded else {})}
                                  for r in rows])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         callbacks=[CompleteCheckpointCallback()])
+    trainer_cls = SFTTrainer
+    if cfg.batch_groups:
+        sampler = GroupedBatchSampler([r.get("batch_group", 0) for r in rows], [r.get("phase", 0) for r in rows],
+                                      args.per_device_train_batch_size, ctx.seed)
+
+        class trainer_cls(SFTTrainer):  # noqa: N801 - TRL's trainer, its sampler ours
+            def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+                if train_dataset is not None and len(train_dataset) != len(sampler):
+                    raise RuntimeError(f"batch groups: {len(sampler)} rows grouped, the trainer has "
+                                       f"{len(train_dataset)}")
+                return sampler
+
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                          callbacks=[CompleteCheckpointCallback()])
     return trainer, train(trainer, ctx.stage_dir, ctx)
+
+
+class GroupedBatchSampler:
+    """A train sampler whose consecutive ``batch_size`` indices are one micro-batch of one batch group
+    (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batch_order``), phases in order, a fresh shuffle each
+    epoch (seeded by ``seed`` and the epoch, so every rank draws the same order and accelerate hands each rank whole
+    batches). The trainer sets the epoch on a resume; without that the epoch counts up per pass."""
+
+    def __init__(self, groups: list[int], phases: list[int], batch_size: int, seed: int) -> None:
+        self.groups, self.phases, self.batch_size, self.seed, self.epoch = groups, phases, batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        import random
+
+        from data_recipes.mixture import grouped_batch_order
+
+        rng = random.Random(f"batch_groups/{self.seed}/{self.epoch}")
+        self.epoch += 1
+        return iter(grouped_batch_order(self.groups, self.phases, self.batch_size, rng))
 
 
 def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],

@@ -173,6 +173,8 @@ def _with_source_marks(rows: list[dict[str, Any]], src: Any) -> list[dict[str, A
     mode = getattr(src, "thinking", None)
     if getattr(src, "phase", 0):
         rows = [{**r, "phase": src.phase} for r in rows]
+    if getattr(src, "batch_group", 0):
+        rows = [{**r, "batch_group": src.batch_group} for r in rows]
     if getattr(src, "replay", False):
         rows = [{**r, "replay": True} for r in rows]
     if mode is None:
@@ -233,3 +235,34 @@ def curriculum_order(rows: list[dict[str, Any]], seed: int) -> list[dict[str, An
         rng.shuffle(block)
         ordered += block
     return ordered
+
+
+def grouped_batch_order(groups: list[int], phases: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """Row indices in an order whose consecutive ``batch_size`` chunks each hold rows of one batch group (sources'
+    ``batch_group``), phases in order, each phase's batches shuffled. The remainders of a phase's groups (fewer than a
+    batch each) are pooled into mixed batches; what is left of those, under one batch, opens the next phase's pool so
+    that every later chunk stays aligned (the last chunk of all may be short).
+
+    >>> order = grouped_batch_order([0, 0, 0, 0, 1, 1], [0] * 6, 2, random.Random(0))
+    >>> sorted(order), [len({order[k] >= 4, order[k + 1] >= 4}) for k in (0, 2, 4)]  # one group per chunk
+    ([0, 1, 2, 3, 4, 5], [1, 1, 1])
+    """
+    order: list[int] = []
+    carry: list[int] = []
+    for phase in sorted(set(phases)):
+        rows = [i for i, p in enumerate(phases) if p == phase]
+        batches: list[list[int]] = []
+        rest = list(carry)
+        for group in sorted({groups[i] for i in rows}):
+            members = [i for i in rows if groups[i] == group]
+            rng.shuffle(members)
+            full = len(members) // batch_size * batch_size
+            batches += [members[k : k + batch_size] for k in range(0, full, batch_size)]
+            rest += members[full:]
+        rng.shuffle(rest)
+        full = len(rest) // batch_size * batch_size
+        batches += [rest[k : k + batch_size] for k in range(0, full, batch_size)]
+        carry = rest[full:]
+        rng.shuffle(batches)
+        order += [i for b in batches for i in b]
+    return order + carry

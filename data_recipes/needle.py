@@ -37,6 +37,18 @@ def filler_words(rng: random.Random, chars: int) -> list[str]:
     return words
 
 
+def context_range(recipe: str, context_chars: int | tuple[int, int] | list[int], least: int) -> tuple[int, int]:
+    """``context_chars`` as (lo, hi): an integer is a fixed length, ``[lo, hi]`` a range each row draws from."""
+    bounds = (context_chars, context_chars) if isinstance(context_chars, int) else tuple(context_chars)
+    if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        raise ValueError(f"{recipe}: context_chars must be an integer or a range [lo, hi], got {context_chars!r}")
+    lo, hi = bounds
+    if not least <= lo <= hi:
+        raise ValueError(f"{recipe}: context_chars must be >= {least} (a range [lo, hi] with lo <= hi), "
+                         f"got {context_chars!r}")
+    return lo, hi
+
+
 def build_context(rng: random.Random, chars: int, needle: str, depth: float) -> tuple[str, int]:
     """Filler text of about ``chars`` characters with ``needle`` inserted at fraction ``depth``; returns (text, offset)."""
     text = " ".join(filler_words(rng, chars))
@@ -69,12 +81,7 @@ def needle(
     if code not in CODES:
         raise ValueError(f"needle: code must be one of {', '.join(CODES)}, got {code!r}")
     draw, words = CODES[code]
-    bounds = (context_chars, context_chars) if isinstance(context_chars, int) else tuple(context_chars)
-    if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
-        raise ValueError(f"needle: context_chars must be an integer or a range [lo, hi], got {context_chars!r}")
-    lo, hi = bounds
-    if not 10 <= lo <= hi:
-        raise ValueError(f"needle: context_chars must be >= 10 (a range [lo, hi] with lo <= hi), got {context_chars!r}")
+    lo, hi = context_range("needle", context_chars, 10)
     rng = random.Random(f"needle/{split}/{seed}")
     want_heldout = split == "heldout"
     if n > words // 2:  # code words in all (both splits share them by a hash)

@@ -17,7 +17,7 @@ import random
 import string
 from typing import Any, Literal
 
-from data_recipes.needle import filler_words
+from data_recipes.needle import context_range, filler_words
 from data_recipes.registry import register_recipe
 from data_recipes.splits import in_heldout
 
@@ -177,18 +177,25 @@ _COLOURS = ["red", "blue", "green", "grey", "gold", "pink", "teal", "brown", "bl
 
 
 @register_recipe("two_hop")
-def two_hop(split: Split, n: int, seed: int, context_chars: int = 400,
-            depths: tuple[float, float] | list[float] = (0.2, 0.8)) -> list[dict[str, Any]]:
+def two_hop(split: Split, n: int, seed: int, context_chars: int | tuple[int, int] | list[int] = 400,
+            depths: tuple[float, float] | list[float] | None = (0.2, 0.8)) -> list[dict[str, Any]]:
     """Two passages at fractional ``depths`` of a filler context: "<name> keeps the <colour> key ." and "the
-    <colour> key opens the code word <word> ."; the question asks which code word <name>'s key opens."""
-    if context_chars < 20:
-        raise ValueError("two_hop: context_chars must be >= 20")
-    d1, d2 = depths
+    <colour> key opens the code word <word> ."; the question asks which code word <name>'s key opens. The reference
+    (the SFT target) quotes both passages in ``<think>``, then answers.
+
+    ``depths=None``: each row draws both depths (and so the passages' order) at random; ``context_chars=[lo, hi]``:
+    each row's context length drawn from that range (training rows of many shapes; the suite keeps one shape).
+    """
+    lo, hi = context_range("two_hop", context_chars, 20)
+    if depths is not None and (len(depths) != 2 or not all(0 <= d <= 1 for d in depths)):
+        raise ValueError(f"two_hop: depths must be two fractions in [0, 1] or null, got {depths!r}")
 
     def make(rng: random.Random) -> tuple[str, dict[str, Any]]:
         name, colour = rng.choice(_NAMES), rng.choice(_COLOURS)
         word = "".join(rng.choice(string.ascii_lowercase) for _ in range(3)) + str(rng.randrange(10))
-        words = filler_words(rng, context_chars)
+        # draws only where a range / random depths ask for them: a fixed shape makes the same rows as before
+        d1, d2 = depths if depths is not None else (rng.random(), rng.random())
+        words = filler_words(rng, lo if lo == hi else rng.randint(lo, hi))
         first, second = f"{name} keeps the {colour} key .", f"the {colour} key opens the code word {word} ."
         i, j = sorted((int(len(words) * d1), int(len(words) * d2)))
         parts = [*words[:i], first, *words[i:j], second, *words[j:]] if d1 <= d2 else \

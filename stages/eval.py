@@ -101,8 +101,9 @@ def grade_suite(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
 
 
 def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None = None,
-                system_prompt: str | None = None) -> dict[str, Any]:
-    """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``."""
+                system_prompt: str | None = None, samples: int | None = None) -> dict[str, Any]:
+    """Every suite of ``cfg.suites`` on the model in ``model_dir``: ``{suite name: grade_suite result}``; ``samples``
+    (default ``cfg.eval.samples``) sampled completions per prompt for pass@k."""
     from align.thinking import has_switch, mode_problem
 
     model, tok = modeling.load_model(model_dir, chat_template=chat_template)
@@ -117,7 +118,7 @@ def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None =
         if system_prompt:
             rows = [with_system_prompt(r, system_prompt) for r in rows]
         res = grade_suite(model, tok, rows, budget or cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                          cfg.eval.samples, cfg.eval.temperature)
+                          cfg.eval.samples if samples is None else samples, cfg.eval.temperature)
         logger.info("eval %s on %s: accuracy %.3f (n=%d)%s", suite.name, model_dir, res["accuracy"], res["n"],
                     f", pass@k {res['pass_at_k']}" if "pass_at_k" in res else "")
         out[suite.name] = res
@@ -169,8 +170,8 @@ def run(cfg: EvalStageConfig, ctx: StageContext) -> StageResult:
         if not (final / "config.json").is_file():
             logger.warning("eval: stage %s has no final model at %s; not compared", name, final)
             continue
-        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(final, cfg, ctx.seed, ctx.chat_template,
-                                                                                   ctx.system_prompt)
+        graded = suites if final.resolve() == ctx.init_dir.resolve() else grade_model(
+            final, cfg, ctx.seed, ctx.chat_template, ctx.system_prompt, samples=cfg.compare_samples)
         by_stage[name] = {k: {m: v[m] for m in ("accuracy", "n", "pass_at_k", "accuracy_by_depth") if m in v}
                           for k, v in graded.items()}
     n = sum(s["n"] for s in suites.values())

@@ -51,6 +51,14 @@ stages:
          ["phase", ">= 0"]),
         (BASE.replace("{TRAINER}", "{}").replace("kind: sft", "kind: grpo\n    verifiers: [{name: exact}]").replace(
             "[{recipe: arithmetic}]", "[{recipe: arithmetic, phase: 1}]"), ["phase", "grpo stage"]),
+        # batch groups: the stage draws its own batches, so no other sampler, and not in a kind that samples its own
+        (BASE.replace("{TRAINER}", "{train_sampling_strategy: group_by_length}").replace(
+            "[{recipe: arithmetic}]", "[{recipe: arithmetic}, {recipe: needle, batch_group: 1}]"),
+         ["trainer.train_sampling_strategy", "batch_group", "drop this key"]),
+        (BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]", "[{recipe: arithmetic, batch_group: -2}]"),
+         ["batch_group", ">= 0"]),
+        (BASE.replace("{TRAINER}", "{}").replace("kind: sft", "kind: grpo\n    verifiers: [{name: exact}]").replace(
+            "[{recipe: arithmetic}]", "[{recipe: arithmetic, batch_group: 1}]"), ["batch_group", "grpo stage"]),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needles):

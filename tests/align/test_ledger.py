@@ -38,3 +38,10 @@ def test_a_suite_missing_for_a_stage_is_a_dash_and_breaks_nothing():
     led = build_ledger({"a": {"x": _res(0.5)}, "b": {"y": _res(0.2)}}, {})
     assert led["regressions"] == []
     assert "| x | 0.500 [0.40, 0.60] | - | - |" in "\n".join(ledger_lines(led))
+
+
+def test_a_drop_of_exactly_three_points_is_not_a_regression():
+    # 1.0 - 0.97 is 0.030000000000000027 in floats: the line is "more than 3 points", so this is within it
+    led = build_ledger({"sft": {"add": _res(1.0, 200)}, "long": {"add": _res(0.97, 200)},
+                        "grpo": {"add": _res(0.965, 200)}}, {"add": ["sft"]})
+    assert [(r["stage"], r["drop"]) for r in led["regressions"]] == [("grpo", 0.035)]

@@ -86,3 +86,27 @@ def test_curriculum_phases_come_in_order_each_shuffled_and_heldout_unordered():
     assert rows == build_rows(data, "train", 0, "sft")  # seeded
     held = build_rows(data, "heldout", 0, "sft")
     assert [r.get("phase", 0) for r in held] == [1] * 10 + [0] * 20  # held-out rows keep the sources' order
+
+
+def test_batch_groups_fill_each_micro_batch_from_one_group_phases_in_order():
+    import random
+
+    from data_recipes.mixture import grouped_batch_order
+
+    # 2 groups in phase 0 (10 and 7 rows), 2 in phase 1 (6 and 5 rows), batches of 4
+    groups = [0] * 10 + [1] * 7 + [0] * 6 + [1] * 5
+    phases = [0] * 17 + [1] * 11
+    order = grouped_batch_order(groups, phases, 4, random.Random(0))
+    assert sorted(order) == list(range(28))  # every row once
+    chunks = [order[k : k + 4] for k in range(0, 28, 4)]
+    kinds = [{groups[i] for i in c} for c in chunks]
+    # phase 0: 2 + 1 one-group batches, its remainders (2 + 3 rows) one mixed batch and a row carried on
+    assert sum(len(k) == 1 for k in kinds[:4]) == 3 and [max(phases[i] for i in c) for c in chunks[:4]] == [0] * 4
+    # phase 1 with that row: 1 + 1 one-group batches, the remainders (2 + 1 + 1 carried) one mixed batch
+    assert sum(phases[i] == 0 for c in chunks[4:] for i in c) == 1
+    assert sum(len(k) == 1 for k in kinds) == 5
+    assert order != grouped_batch_order(groups, phases, 4, random.Random(1))  # the order is the seed's
+    # the batches of a phase come shuffled, not group after group
+    many = grouped_batch_order([0] * 400 + [1] * 400, [0] * 800, 8, random.Random(0))
+    firsts = [groups_of >= 400 for groups_of in many[::8]]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)

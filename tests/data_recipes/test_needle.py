@@ -47,3 +47,32 @@ def test_a_context_range_mixes_lengths_and_a_fixed_length_keeps_its_rows():
         needle("train", 1, seed=0, context_chars=[40, 10])
     with pytest.raises(ValueError, match=r"an integer or a range \[lo, hi\], got \[10, 20, 30\]"):
         needle("train", 1, seed=0, context_chars=[10, 20, 30])
+
+
+def test_two_hop_training_rows_draw_lengths_and_depths_and_the_suite_shape_stays():
+    import pytest
+
+    from data_recipes.suites import two_hop
+
+    rows = two_hop("train", 200, seed=0, context_chars=[100, 400], depths=None)
+    lengths = [len(r["prompt"][0]["content"].split("\n")[0]) for r in rows]
+    # the filler is drawn to the length, then the two passages (about 60 characters) are added
+    assert min(lengths) < 200 and max(lengths) > 400
+    orders = set()
+    for r in rows:
+        context, answer = r["prompt"][0]["content"], r["answer"]
+        first = context.index(" keeps the ")
+        second = context.index(f" opens the code word {answer} .")
+        orders.add(first < second)
+        name = context.rsplit("the key of ", 1)[1].removesuffix(" open?")
+        colour = context[first:].split()[2]
+        # the reference quotes both passages, the one that names the key's holder first, then answers
+        assert r["messages"][-1]["content"] == (f"<think>{name} keeps the {colour} key . the {colour} key opens the code "
+                                                f"word {answer} .</think>{answer}")
+    assert orders == {True, False}  # random depths put either passage first
+    # the suite's shape (one length, depths 0.2 / 0.8) draws the same rows whatever the training options allow
+    assert two_hop("heldout", 5, seed=1) == two_hop("heldout", 5, seed=1, context_chars=[400, 400], depths=[0.2, 0.8])
+    with pytest.raises(ValueError, match=r"two_hop: context_chars must be >= 20"):
+        two_hop("train", 1, seed=0, context_chars=[10, 400])
+    with pytest.raises(ValueError, match=r"two_hop: depths must be two fractions"):
+        two_hop("train", 1, seed=0, depths=[0.5])

@@ -92,6 +92,8 @@ def test_smoke_eval_stage_and_report(smoke_run):
         assert set(res["pass_at_k"]) == {"1", "2"} and 0 <= res["pass_at_k"]["1"] <= res["pass_at_k"]["2"] <= 1
     assert set(suites["needle"]["accuracy_by_depth"]) == {"0.05", "0.5", "0.95"}
     assert set(ev["metrics"]["by_stage"]) == {"sft", "reasoning"}
+    for graded in ev["metrics"]["by_stage"].values():  # compare_samples: 0 grades the earlier models greedy only
+        assert all("pass_at_k" not in res and 0 <= res["accuracy"] <= 1 for res in graded.values())
     # the skill ledger: the graded models in pipeline order, every suite, which stages trained on each
     ledger = ev["metrics"]["ledger"]
     assert ledger["stages"] == ["sft", "reasoning", "grpo"]

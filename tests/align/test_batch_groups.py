@@ -1,0 +1,49 @@
+"""Batch groups through TRL: the micro-batches SFTTrainer trains on each hold one source group (short sums or long
+needle contexts, never both), so long rows stop padding short ones; a stage without groups keeps TRL's mixed
+sampling."""
+
+from __future__ import annotations
+
+from tests.conftest import SMOKE
+
+SOURCES = ("[{recipe: arithmetic, kwargs: {digits: 2, ops: ['+']}}, "
+           "{recipe: needle, weight: 0.5, kwargs: {context_chars: [150, 200], style: trace}, batch_group: 1}]")
+
+
+def _trained_batches(tmp_path, sources: str) -> list[list[int]]:
+    """Token counts of the rows in each micro-batch the sft stage trained on (6 steps of 8 rows)."""
+    from align.config import load_config
+    from align.pipeline import ensure_base
+    from align.stage import StageContext
+    from align.training import prepare_model, resolve_modes, train_sft
+    from data_recipes import build_rows
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", f"stages.sft.data.sources={sources}",
+                              "stages.sft.data.n_train=60", "stages.sft.trainer.max_steps=6",
+                              "stages.sft.trainer.per_device_train_batch_size=8", "stages.sft.trainer.save_steps=100"])
+    stage = cfg.stages[0]
+    ctx = StageContext(cfg.run_dir, tmp_path / "00_sft", ensure_base(cfg), 0, cfg.router_for(stage), cfg.monitor,
+                       cfg.distributed, {}, None, None)
+    ctx.stage_dir.mkdir()
+    model, tok, coef = prepare_model(ctx, stage)
+    seen: list[list[int]] = []
+
+    def record(module, args, kwargs):
+        if module.training:
+            seen.append(kwargs["attention_mask"].sum(-1).tolist())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    rows = resolve_modes(stage, ctx, tok, build_rows(stage.data, "train", 0, stage.kind))
+    train_sft(model, tok, rows, stage, ctx, coef)
+    return seen
+
+
+def test_each_micro_batch_holds_one_group_and_ungrouped_stages_mix(tmp_path):
+    grouped = _trained_batches(tmp_path / "g", SOURCES)
+    assert len(grouped) == 6
+    kinds = [{n > 100 for n in batch} for batch in grouped]  # a needle row is > 150 tokens, a sum < 20
+    # 40 sums and 20 needle rows: 5 + 2 one-group batches and one mixed batch of the remainders per epoch
+    assert sum(k == {True, False} for k in kinds) <= 1, grouped
+    assert {True} in kinds and {False} in kinds
+    mixed = _trained_batches(tmp_path / "m", SOURCES.replace(", batch_group: 1", ""))
+    assert sum({n > 100 for n in batch} == {True, False} for batch in mixed) >= 4, mixed  # TRL's random batches
