@@ -179,8 +179,8 @@ class SourceConfig:
     is drawn from one group (sources of a group mix as usual), the groups' batches shuffled together and reshuffled
     every epoch; a group's remainder of fewer than one batch is mixed. For sources of very different lengths: a
     400-character needle row no longer pads 63 two-digit sums to its width. Not transformers' ``group_by_length``,
-    which sorts by exact length: where length tells the answer (``-17`` vs ``9``) its batches are not i.i.d. and the
-    default's sft stage did not learn (held-out 0.013 vs 0.997)."""
+    which sorts by exact length: where length tells the answer (``-17`` vs ``9``) its batches are not i.i.d., and an
+    sft stage of 2-digit sums with needle replay did not learn with it (held-out 0.013; BENCHMARKS.md, session 8)."""
 
     def __post_init__(self) -> None:
         if self.phase < 0:
