@@ -170,9 +170,8 @@ class SourceConfig:
 
     phase: int = 0
     """Curriculum (SFT and reasoning stages): the training rows of phase 0 sources come first, shuffled together,
-    then those of phase 1, and so on; a stage with more than one phase trains on them in that order (transformers'
-    ``train_sampling_strategy: sequential``) instead of sampling at random. E.g. short contexts until a skill forms,
-    then long ones."""
+    then those of phase 1, and so on, every epoch (the stage's own sampler, ``align.training.GroupedBatchSampler``,
+    instead of TRL's random one). E.g. short contexts until a skill forms, then long ones."""
 
     batch_group: int = 0
     """SFT and reasoning stages: rows of sources in different batch groups never share a micro-batch. Each micro-batch
@@ -349,42 +348,28 @@ class StageConfig:
             raise ValueError("name: letters, digits, '_', '-' and '.' only")
         if self.needs_data and self.data is None:
             raise ValueError(f"data: a {self.kind} stage needs a data block")
-        if self.batch_groups:
+        if self.ordered_batches:
+            keys = "data.sources.phase / batch_group"
             if self.trainer_config != "trl:SFTConfig":
-                raise ValueError(f"data.sources.batch_group: batch groups need an sft or reasoning stage; a {self.kind} "
+                raise ValueError(f"{keys}: phases and batch groups need an sft or reasoning stage; a {self.kind} "
                                  "stage samples its own batches")
             if "train_sampling_strategy" in self.trainer:
-                raise ValueError("trainer.train_sampling_strategy: batch groups (data.sources.batch_group) draw the "
-                                 "stage's batches themselves (and keep its phases in order); drop this key")
-        elif self.curriculum:
-            if self.trainer_config != "trl:SFTConfig":
-                raise ValueError(f"data.sources.phase: a curriculum (sources in phases) needs an sft or reasoning "
-                                 f"stage; a {self.kind} stage samples its own batches")
-            strategy = self.trainer.get("train_sampling_strategy", "sequential")
-            if strategy != "sequential":
-                raise ValueError(f"trainer.train_sampling_strategy: {strategy!r} would mix the curriculum's phases "
-                                 "(data.sources.phase); a curriculum trains in order ('sequential')")
+                raise ValueError(f"trainer.train_sampling_strategy: phases and batch groups ({keys}) draw the "
+                                 "stage's batches themselves; another sampler would undo them, drop this key")
 
     @property
-    def batch_groups(self) -> bool:
-        """Whether sources are kept apart in micro-batches (``SourceConfig.batch_group``)."""
-        return self.data is not None and any(s.batch_group for s in self.data.sources)
-
-    @property
-    def curriculum(self) -> bool:
-        """Whether the training rows come in phases (``SourceConfig.phase``), trained in order."""
-        return self.data is not None and any(s.phase for s in self.data.sources)
+    def ordered_batches(self) -> bool:
+        """Whether the stage draws its own batches: sources in phases (``SourceConfig.phase``, a curriculum) or in
+        batch groups (``SourceConfig.batch_group``); ``align.training.GroupedBatchSampler`` does both."""
+        return self.data is not None and any(s.phase or s.batch_group for s in self.data.sources)
 
     def row_schema(self, split: str) -> str:
         """The row schema (``data_recipes.schema`` kind) of this stage's ``split`` rows ("train" | "heldout")."""
         return self.kind
 
     def trainer_settings(self) -> dict[str, Any]:
-        """The kind's defaults with the stage's ``trainer`` block over them (align's device defaults not included); a
-        curriculum's rows come in phase order (``data_recipes.mixture.curriculum_order``), so it samples in order."""
-        # with batch groups the stage's own sampler keeps the phases in order (align.training.GroupedBatchSampler)
-        curriculum = {"train_sampling_strategy": "sequential"} if self.curriculum and not self.batch_groups else {}
-        return {**self.trainer_defaults, **curriculum, **self.trainer}
+        """The kind's defaults with the stage's ``trainer`` block over them (align's device defaults not included)."""
+        return {**self.trainer_defaults, **self.trainer}
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
                                   **({"chat_template_kwargs": template_kwargs(row_thinking(r))} if moded else {})}
                                  for r in rows])
     trainer_cls = SFTTrainer
-    if cfg.batch_groups:
+    if cfg.ordered_batches:
         sampler = GroupedBatchSampler([r.get("batch_group", 0) for r in rows], [r.get("phase", 0) for r in rows],
                                       args.per_device_train_batch_size, ctx.seed)
 
@@ -245,9 +245,9 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
 
 
 class GroupedBatchSampler:
-    """A train sampler whose consecutive ``batch_size`` indices are one micro-batch of one batch group
-    (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batch_order``), phases in order, a fresh shuffle each
-    epoch (seeded by ``seed`` and the epoch, so every rank draws the same order and accelerate hands each rank whole
+    """A train sampler for curricula and batch groups: consecutive ``batch_size`` indices are one micro-batch of one
+    batch group (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batch_order``), the sources' phases in
+    order (``SourceConfig.phase``), a fresh shuffle each epoch (seeded by ``seed`` and the epoch, so every rank draws the same order and accelerate hands each rank whole
     batches). The trainer sets the epoch on a resume; without that the epoch counts up per pass."""
 
     def __init__(self, groups: list[int], phases: list[int], batch_size: int, seed: int) -> None:

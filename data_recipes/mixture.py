@@ -220,21 +220,7 @@ def build_rows(data: Any, split: str, seed: int, kind: str, system_prompt: str |
         raise DataError(f"{split} split is empty after dedup and filters (sources: {names})")
     if system_prompt:
         rows = [with_system_prompt(r, system_prompt) for r in rows]
-    if split == "train" and any(r.get("phase") for r in rows):
-        rows = curriculum_order(rows, seed)
     return rows
-
-
-def curriculum_order(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Rows by their sources' ``phase`` (0 first), each phase's rows shuffled together (seeded): the order a
-    sequential sampler trains them in."""
-    rng = random.Random(f"curriculum/{seed}")
-    ordered: list[dict[str, Any]] = []
-    for phase in sorted({r.get("phase", 0) for r in rows}):
-        block = [r for r in rows if r.get("phase", 0) == phase]
-        rng.shuffle(block)
-        ordered += block
-    return ordered
 
 
 def grouped_batch_order(groups: list[int], phases: list[int], batch_size: int, rng: random.Random) -> list[int]:

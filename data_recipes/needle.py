@@ -74,7 +74,7 @@ def needle(
     ``style="trace"``: the assistant first quotes the sentence holding the needle in ``<think>``, then answers.
     ``code="digits"``: the code word is a 5-digit pass key (see ``CODES``).
     ``context_chars=[lo, hi]``: each row's context length drawn uniformly from that range (a length mixture in one
-    source; with sequential sampling, sources in order make a curriculum of lengths).
+    source; sources in phases make a curriculum of lengths).
     """
     if style not in ("answer", "trace"):
         raise ValueError(f"needle: style must be 'answer' or 'trace', got {style!r}")

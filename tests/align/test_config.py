@@ -46,7 +46,7 @@ stages:
         # its own batches, is refused
         (BASE.replace("{TRAINER}", "{train_sampling_strategy: random}").replace(
             "[{recipe: arithmetic}]", "[{recipe: arithmetic}, {recipe: needle, phase: 1}]"),
-         ["train_sampling_strategy", "'random'", "phase", "sequential"]),
+         ["trainer.train_sampling_strategy", "phase", "drop this key"]),
         (BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]", "[{recipe: arithmetic, phase: -1}]"),
          ["phase", ">= 0"]),
         (BASE.replace("{TRAINER}", "{}").replace("kind: sft", "kind: grpo\n    verifiers: [{name: exact}]").replace(
@@ -102,15 +102,12 @@ def test_config_is_frozen():
         cfg.seed = 3  # type: ignore[misc]
 
 
-def test_a_curriculum_samples_in_order_and_trl_takes_it(tmp_path):
-    from trl import SFTConfig
-
-    from align.training import trainer_defaults
-
+def test_phases_and_batch_groups_make_the_stage_draw_its_own_batches(tmp_path):
     phased = BASE.replace("{TRAINER}", "{}").replace("[{recipe: arithmetic}]",
                                                      "[{recipe: arithmetic}, {recipe: needle, phase: 1}]")
-    stage = load_config(write(tmp_path, phased)).stages[0]
-    args = SFTConfig(**{**trainer_defaults(tmp_path, 0), **stage.trainer_settings()})  # as train_sft builds them
-    assert args.train_sampling_strategy == "sequential"
-    plain = load_config(write(tmp_path, BASE.replace("{TRAINER}", "{}"))).stages[0]
-    assert "train_sampling_strategy" not in plain.trainer_settings()  # no phases: TRL's random sampling
+    grouped = phased.replace("phase: 1", "batch_group: 1")
+    plain = BASE.replace("{TRAINER}", "{}")
+    assert [load_config(write(tmp_path, t)).stages[0].ordered_batches for t in (phased, grouped, plain)] == \
+        [True, True, False]
+    # the order is the sampler's (align.training.GroupedBatchSampler), not a TRL setting
+    assert "train_sampling_strategy" not in load_config(write(tmp_path, phased)).stages[0].trainer_settings()

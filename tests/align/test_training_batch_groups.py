@@ -1,6 +1,6 @@
-"""Batch groups through TRL: the micro-batches SFTTrainer trains on each hold one source group (short sums or long
-needle contexts, never both), so long rows stop padding short ones; a stage without groups keeps TRL's mixed
-sampling."""
+"""Batch groups and curricula through TRL: the micro-batches SFTTrainer trains on each hold one source group (short
+sums or long needle contexts, never both), so long rows stop padding short ones; phases come in order; a stage without
+either keeps TRL's mixed sampling."""
 
 from __future__ import annotations
 
@@ -47,3 +47,9 @@ def test_each_micro_batch_holds_one_group_and_ungrouped_stages_mix(tmp_path):
     assert {True} in kinds and {False} in kinds
     mixed = _trained_batches(tmp_path / "m", SOURCES.replace(", batch_group: 1", ""))
     assert sum({n > 100 for n in batch} == {True, False} for batch in mixed) >= 4, mixed  # TRL's random batches
+
+
+def test_a_curriculum_trains_its_phases_in_order(tmp_path):
+    # 40 sums in phase 0, 20 needle rows in phase 1, batches of 8: five batches of sums, then needle rows
+    phased = _trained_batches(tmp_path, SOURCES.replace("batch_group: 1", "phase: 1"))
+    assert [{n > 100 for n in batch} for batch in phased] == [{False}] * 5 + [{True}], phased

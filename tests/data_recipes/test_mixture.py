@@ -74,16 +74,23 @@ def test_parquet_and_saved_datasets_sources(tmp_path):
                    "train", 0, "sft")
 
 
-def test_curriculum_phases_come_in_order_each_shuffled_and_heldout_unordered():
+def test_curriculum_phases_are_marked_and_trained_in_order_each_shuffled():
+    import random
+
+    from data_recipes.mixture import grouped_batch_order
+
     data = DataConfig(sources=(SourceConfig(recipe="needle", kwargs={"context_chars": 200}, phase=1),
                                SourceConfig(recipe="arithmetic", kwargs={"digits": 2}),
                                SourceConfig(recipe="needle", kwargs={"context_chars": [10, 40]})),
                       n_train=90, n_heldout=30)
     rows = build_rows(data, "train", 0, "sft")
-    assert [r.get("phase", 0) for r in rows] == [0] * 60 + [1] * 30  # phase 0's two sources first, then phase 1
-    first = ["answer" in r and r.get("verifier") == "retrieval" for r in rows[:60]]
+    phases = [r.get("phase", 0) for r in rows]
+    assert phases == [1] * 30 + [0] * 60  # marked, in the sources' order: the stage's sampler orders them
+    order = grouped_batch_order([0] * 90, phases, 10, random.Random(0))
+    assert [phases[i] for i in order] == [0] * 60 + [1] * 30  # phase 0's two sources first, then phase 1
+    first = [rows[i].get("verifier") == "retrieval" for i in order[:60]]
     assert first != sorted(first) and first != sorted(first, reverse=True)  # phase 0's sources mixed, not in blocks
-    assert rows == build_rows(data, "train", 0, "sft")  # seeded
+    assert order != grouped_batch_order([0] * 90, phases, 10, random.Random(1))  # each epoch its own shuffle
     held = build_rows(data, "heldout", 0, "sft")
     assert [r.get("phase", 0) for r in held] == [1] * 10 + [0] * 20  # held-out rows keep the sources' order
 
