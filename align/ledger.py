@@ -4,8 +4,10 @@ A staged pipeline is worth running when its final model keeps what each stage ta
 earlier stages' models on the same suites (``compare``) and its input model; the ledger lays those out in pipeline
 order, each value with its 95 % Wilson interval, marks which stages trained on each suite's task (a stage whose data
 uses the suite's recipe), and flags every value more than ``REGRESSION_DROP`` below the best earlier stage's as a
-regression. It lives in the eval stage's manifest (``metrics.ledger``), in ``report.md``, in the end-of-run console
-table, in ``bench/learning.py`` per seed and in the ablation report per variant.
+regression — marked recovered when a later stage gets back within the threshold of that best; the trained suites
+whose last value stays below (``standing``) are what the run ends with. It lives in the eval stage's manifest
+(``metrics.ledger``), in ``report.md``, in the end-of-run console table, in ``bench/learning.py`` per seed and in the
+ablation report per variant.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def build_ledger(graded: dict[str, dict[str, dict[str, Any]]], trained_by: dict[
 
     >>> led = build_ledger({"sft": {"add": {"accuracy": 1.0, "n": 200}}, "rl": {"add": {"accuracy": 0.9, "n": 200}}},
     ...                    {"add": ["sft"]})
-    >>> led["regressions"]
-    [{'suite': 'add', 'stage': 'rl', 'value': 0.9, 'best_stage': 'sft', 'best': 1.0, 'drop': 0.1, 'trained': True}]
+    >>> [(r["stage"], r["best_stage"], r["drop"], r["trained"], r["recovered_at"]) for r in led["regressions"]]
+    [('rl', 'sft', 0.1, True, None)]
     """
     stages = list(graded)
     suites: dict[str, Any] = {}
@@ -63,7 +65,32 @@ def build_ledger(graded: dict[str, dict[str, dict[str, Any]]], trained_by: dict[
                 best = (stage, acc)
             cells[stage] = cell
         suites[suite] = {"trained_by": list(trained_by.get(suite, [])), "stages": cells}
+    for reg in regressions:  # a later stage back within the threshold of that best recovers it; the last stage's stay
+        later = stages[stages.index(reg["stage"]) + 1:]
+        row = suites[reg["suite"]]["stages"]
+        reg["recovered_at"] = next((s for s in later if s in row
+                                    and round(reg["best"] - row[s]["accuracy"], 9) <= REGRESSION_DROP), None)
+        row[reg["stage"]]["regression"]["recovered_at"] = reg["recovered_at"]
     return {"stages": stages, "suites": suites, "regressions": regressions, "drop_threshold": REGRESSION_DROP}
+
+
+def standing(ledger: dict[str, Any]) -> list[dict[str, Any]]:
+    """The regressions a run ends with: trained suites whose last graded value is more than the threshold below the
+    best earlier stage's (a stage that dipped and a later one that got it back is not among them).
+
+    >>> g = {"a": {"add": {"accuracy": 1.0, "n": 9}}, "b": {"add": {"accuracy": 0.5, "n": 9}},
+    ...      "c": {"add": {"accuracy": 0.99, "n": 9}}}
+    >>> led = build_ledger(g, {"add": ["a"]})
+    >>> [(r["stage"], r["recovered_at"]) for r in led["regressions"]], standing(led)
+    ([('b', 'c')], [])
+    """
+    return [r for r in ledger.get("regressions", []) if r["trained"] and r.get("recovered_at") is None
+            and r["stage"] == _last_graded(ledger, r["suite"])]
+
+
+def _last_graded(ledger: dict[str, Any], suite: str) -> str | None:
+    cells = ledger["suites"][suite]["stages"]
+    return next((s for s in reversed(ledger["stages"]) if s in cells), None)
 
 
 def ledger_lines(ledger: dict[str, Any]) -> list[str]:
@@ -80,12 +107,19 @@ def ledger_lines(ledger: dict[str, Any]) -> list[str]:
                 continue
             text = f"{c['accuracy']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
             if "regression" in c:
-                text += f" **REGRESSION -{c['regression']['drop']:.3f} vs {c['regression']['best_stage']}**"
+                reg = c["regression"]
+                text += f" **REGRESSION -{reg['drop']:.3f} vs {reg['best_stage']}**" + (
+                    f" (recovered by {reg['recovered_at']})" if reg.get("recovered_at") else "")
             cells.append(text)
         lines.append(f"| {suite} | " + " | ".join(cells) + f" | {', '.join(entry['trained_by']) or '-'} |")
     regs = ledger.get("regressions", [])
     lines += ["", f"Regressions (a drop of more than {ledger.get('drop_threshold', REGRESSION_DROP) * 100:.0f} points "
               f"from the best earlier stage): {len(regs)}"
-              + (", on trained suites: " + ", ".join(f"{r['suite']} at {r['stage']}" for r in regs if r["trained"])
-                 if any(r["trained"] for r in regs) else "") + "."]
+              + (", on trained suites: " + ", ".join(
+                  f"{r['suite']} at {r['stage']}" + (f" (recovered by {r['recovered_at']})" if r.get("recovered_at")
+                                                     else "") for r in regs if r["trained"])
+                 if any(r["trained"] for r in regs) else "") + ".",
+              "Standing at the end (a trained suite whose final value is more than the threshold below its best "
+              "earlier one): " + (", ".join(f"{r['suite']} ({r['value']:.3f} vs {r['best']:.3f} after "
+                                            f"{r['best_stage']})" for r in standing(ledger)) or "none") + "."]
     return lines

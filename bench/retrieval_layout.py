@@ -80,6 +80,13 @@ VARIANTS: dict[str, dict] = {
     "trace-tiny-const": {"context": (10, 40), "needle": {"style": "trace"}, "lr": 1e-3, "schedule": "constant"},
     "trace-tiny-b8": {"context": (10, 40), "needle": {"style": "trace"}, "lr": 1e-3, "batch": 8},
     "trace-tiny-b8-lr2e-3": {"context": (10, 40), "needle": {"style": "trace"}, "lr": 2e-3, "batch": 8},
+    # the onset of the copy against the preset's attention heads and hyper-connections (session 9)
+    "trace-tiny": {"context": (10, 40), "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-tiny-h8": {"overrides": {"num_attention_heads": 8, "head_dim": 16}, "context": (10, 40),
+                      "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-tiny-hc1": {"overrides": {"hc_mult": 1}, "context": (10, 40), "needle": {"style": "trace"}, "lr": 1e-3},
+    "trace-tiny-h8-hc1": {"overrides": {"num_attention_heads": 8, "head_dim": 16, "hc_mult": 1}, "context": (10, 40),
+                          "needle": {"style": "trace"}, "lr": 1e-3},
 }
 
 

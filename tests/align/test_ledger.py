@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.ledger import build_ledger, ledger_lines, wilson
+from align.ledger import build_ledger, ledger_lines, standing, wilson
 
 
 def _res(acc: float, n: int = 100) -> dict:
@@ -32,6 +32,30 @@ def test_drops_over_three_points_from_the_best_earlier_stage_are_regressions():
     text = "\n".join(ledger_lines(led))
     assert "| add | 1.000 [0.96, 1.00] | 0.980 [0.93, 0.99] | 0.960 [0.90, 0.98] **REGRESSION -0.040 vs sft** | sft |" in text
     assert "Regressions (a drop of more than 3 points from the best earlier stage): 2, on trained suites: add at grpo." in text
+    assert [r["suite"] for r in standing(led)] == ["add"]  # the untrained suite's drop is flagged, not held against
+    assert "Standing at the end (a trained suite whose final value is more than the threshold below its best earlier " \
+           "one): add (0.960 vs 1.000 after sft)." in text
+
+
+def test_a_dip_a_later_stage_recovers_is_marked_and_does_not_stand():
+    # a stage that disturbs a skill on purpose (a short retrieval stage between sft and reasoning) and one that brings
+    # it back: flagged where it happened, marked recovered, and not a regression the run ends with
+    graded = {"sft": {"add": _res(0.94)}, "recall": {"add": _res(0.4)}, "reasoning": {"add": _res(0.92)},
+              "long": {"add": _res(0.995)}, "grpo": {"add": _res(0.99)}}
+    led = build_ledger(graded, {"add": ["sft", "recall", "reasoning", "long", "grpo"]})
+    assert [(r["stage"], r["best_stage"], r["recovered_at"]) for r in led["regressions"]] == [
+        ("recall", "sft", "reasoning")]  # 0.92 is within 3 points of 0.94: back
+    assert standing(led) == []
+    text = "\n".join(ledger_lines(led))
+    assert "0.400 [0.31, 0.50] **REGRESSION -0.540 vs sft** (recovered by reasoning)" in text
+    assert "on trained suites: add at recall (recovered by reasoning)." in text and "Standing at the end" in text
+    assert text.endswith("none.")
+    # recovered to less than the threshold: it stands, at the last stage, against the best before it
+    graded["long"]["add"], graded["grpo"]["add"] = _res(0.85), _res(0.86)
+    led = build_ledger(graded, {"add": ["sft"]})
+    assert [(r["stage"], r["recovered_at"]) for r in led["regressions"]] == [
+        ("recall", "reasoning"), ("long", None), ("grpo", None)]
+    assert [(r["stage"], r["best_stage"]) for r in standing(led)] == [("grpo", "sft")]
 
 
 def test_a_suite_missing_for_a_stage_is_a_dash_and_breaks_nothing():
