@@ -14,7 +14,7 @@ import pytest
 from align.config import ConfigError, load_config
 from align.validate import ValidationError, validate_pipeline
 from data_recipes import DataError
-from tests.conftest import SMOKE, run_cli
+from tests.conftest import REPO, SMOKE, run_cli
 
 
 def refused(tmp_path, overrides: list[str], only: str | None = None) -> str:
@@ -191,3 +191,11 @@ def test_cli_refuses_in_one_line_within_seconds(tmp_path):
                    "--dry-run")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"syntax error in {bad}, line 2" in proc.stderr
+
+
+@pytest.mark.parametrize("path", ["configs/default.yaml", "configs/smoke.yaml", "bench/configs/retrieval.yaml",
+                                  "bench/configs/recall.yaml", "bench/configs/csa_placement.yaml"])
+def test_every_shipped_pipeline_config_passes_validation(tmp_path, path):
+    # the configs the README and BENCHMARKS name: a stale key or an impossible data request fails here, not an hour in
+    cfg = load_config(REPO / path, [f"output_dir={tmp_path / 'run'}"])
+    validate_pipeline(cfg)
