@@ -172,9 +172,9 @@ def write_comparison(root: Path, results: list[tuple[str, list[str], list[dict[s
     if ledgers:  # the skill ledgers side by side: each suite's value after the last graded stage, and regressions
         suites = list(dict.fromkeys(s for led in ledgers.values() for s in led["suites"]))
         lines += ["## Skill ledgers", "", "Each suite after the last graded stage (95 % interval), and the regressions "
-                  "of each variant's ledger (a drop of more than 3 points from the best earlier stage; on trained suites; standing at "
-                  "the end: not recovered by the last stage).", "",
-                  "| variant | " + " | ".join(suites) + " | regressions (on trained suites; standing) |",
+                  "of each variant's ledger (a drop of more than 3 points from the best earlier stage): all, on "
+                  "trained suites, and standing at the end (a trained suite the last stage leaves below its best).", "",
+                  "| variant | " + " | ".join(suites) + " | regressions (trained; standing) |",
                   "|---|" + "---|" * (len(suites) + 1)]
         for name, led in ledgers.items():
             last = led["stages"][-1]
@@ -183,8 +183,8 @@ def write_comparison(root: Path, results: list[tuple[str, list[str], list[dict[s
                 c = led["suites"].get(s, {}).get("stages", {}).get(last)
                 cells.append("-" if c is None else f"{c['accuracy']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]")
             regs = led["regressions"]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(regs)} ({sum(r['trained'] for r in regs)}; "
-                         f"standing at the end: {len(standing(led))}) |")
+            lines.append(f"| {name} | " + " | ".join(cells)
+                         + f" | {len(regs)} ({sum(r['trained'] for r in regs)}; {len(standing(led))}) |")
         lines.append("")
     path = root / "report.md"
     path.write_text("\n".join(lines))

@@ -233,8 +233,8 @@ def write_report(run_dir: str | Path) -> Path:
             from align.ledger import ledger_lines
 
             lines += ["### Skill ledger", "", "Each graded model in pipeline order, greedy accuracy with its 95 % "
-                      "Wilson interval; a drop of more than 3 points from the best earlier stage is a regression (recovered "
-                      "when a later stage gets back within 3 points of that best).", "",
+                      "Wilson interval; a drop of more than 3 points from the best earlier stage is a regression "
+                      "(recovered when a later stage gets back within 3 points of that best).", "",
                       *ledger_lines(ev["metrics"]["ledger"]), ""]
         lines += ["| suite | statuses | mean length (tokens) |", "|---|---|---|"]
         for s, r in ev["metrics"].get("suites", {}).items():

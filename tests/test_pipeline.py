@@ -224,6 +224,6 @@ def test_ablation_shares_upstream_stages_and_compares(tmp_path):
     assert "learning_rate=1e-3" in text and "learning_rate=1e-4" in text and "eval:arithmetic" in text
     ledgers = text.split("## Skill ledgers", 1)[1]  # the variants' skill ledgers side by side
     assert "| learning_rate=1e-3 |" in ledgers and "| learning_rate=1e-4 |" in ledgers and "arithmetic" in ledgers
-    assert "standing at the end: " in ledgers
+    assert "standing at the end" in ledgers and "| regressions (trained; standing) |" in ledgers
     assert (root / "ablation.png").stat().st_size > 1000
     assert (a / "report.md").is_file() and (b / "report.md").is_file()
