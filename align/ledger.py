@@ -84,8 +84,7 @@ def standing(ledger: dict[str, Any]) -> list[dict[str, Any]]:
     >>> [(r["stage"], r["recovered_at"]) for r in led["regressions"]], standing(led)
     ([('b', 'c')], [])
     """
-    return [r for r in ledger.get("regressions", []) if r["trained"] and r.get("recovered_at") is None
-            and r["stage"] == _last_graded(ledger, r["suite"])]
+    return [r for r in ledger.get("regressions", []) if r["trained"] and r["stage"] == _last_graded(ledger, r["suite"])]
 
 
 def _last_graded(ledger: dict[str, Any], suite: str) -> str | None:

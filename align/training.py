@@ -247,8 +247,9 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
 class GroupedBatchSampler:
     """A train sampler for curricula and batch groups: consecutive ``batch_size`` indices are one micro-batch of one
     batch group (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batch_order``), the sources' phases in
-    order (``SourceConfig.phase``), a fresh shuffle each epoch (seeded by ``seed`` and the epoch, so every rank draws the same order and accelerate hands each rank whole
-    batches). The trainer sets the epoch on a resume; without that the epoch counts up per pass."""
+    order (``SourceConfig.phase``), a fresh shuffle each epoch (seeded by ``seed`` and the epoch, so every rank draws
+    the same order and accelerate hands each rank whole batches). The trainer sets the epoch on a resume; without that
+    the epoch counts up per pass."""
 
     def __init__(self, groups: list[int], phases: list[int], batch_size: int, seed: int) -> None:
         self.groups, self.phases, self.batch_size, self.seed, self.epoch = groups, phases, batch_size, seed, 0

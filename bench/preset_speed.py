@@ -1,9 +1,11 @@
 """Training-step time of the tiny DeepSeek-V4 preset vs the same model with V4's default mHC settings.
 
-    python bench/preset_speed.py [--steps 20]
+    python bench/preset_speed.py [--steps 20] [--layouts]
 
 Anchor (same run): hc_mult=4, hc_sinkhorn_iters=20 (DeepSeek-V4 defaults). Ours: hc_mult=2, 3 Sinkhorn iterations.
 Batch 32 x 48 random tokens, AdamW, fp32, median step after 3 warm-up steps.
+``--layouts``: also the layouts measured for the needle's onset (``bench/retrieval_layout.py``: 8 heads of 16, one
+residual stream) and the preset at 1 and 2 torch threads, each against the preset at 2 threads.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def step_time(overrides: dict, steps: int) -> float:
+def step_time(overrides: dict, steps: int, threads: int = 2) -> float:
     from transformers import AutoModelForCausalLM
 
     from align import modeling
 
+    torch.set_num_threads(threads)
     tok = modeling.build_tokenizer()
     cls, kwargs = modeling.PRESETS["tiny-deepseek-v4"]((len(tok) + 7) // 8 * 8, tok)
     torch.manual_seed(0)
@@ -44,11 +47,17 @@ def step_time(overrides: dict, steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--layouts", action="store_true", help="also the onset layouts and 1 vs 2 threads")
     args = p.parse_args()
     anchor = step_time({"hc_mult": 4, "hc_sinkhorn_iters": 20}, args.steps)
     ours = step_time({}, args.steps)
     print(f"V4 default mHC (4, 20): {anchor * 1000:.1f} ms/step | preset (2, 3): {ours * 1000:.1f} ms/step | "
           f"ratio {ours / anchor:.2f}")
+    if args.layouts:
+        for name, overrides, threads in [("8 heads of 16", {"num_attention_heads": 8, "head_dim": 16}, 2),
+                                         ("hc_mult 1", {"hc_mult": 1}, 2), ("preset, 1 thread", {}, 1)]:
+            t = step_time(overrides, args.steps, threads)
+            print(f"{name}: {t * 1000:.1f} ms/step | ratio to the preset at 2 threads {t / ours:.2f}")
 
 
 if __name__ == "__main__":
