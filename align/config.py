@@ -332,6 +332,10 @@ class StageConfig:
     lora: LoraConfig | None = None
     router: RouterPolicy | None = None
     """Overrides ``model.router`` for this stage."""
+    freeze: tuple[str, ...] = ()
+    """Parameter-name globs (``fnmatch``: ``*.mlp.*``, ``model.embed_tokens.*``) this stage does not train; each must
+    match a parameter of the stage's input model. E.g. teach attention a longer context without moving the experts
+    that hold an earlier stage's skills."""
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     trainer_config: ClassVar[str | None] = None
@@ -348,6 +352,13 @@ class StageConfig:
             raise ValueError("name: letters, digits, '_', '-' and '.' only")
         if self.needs_data and self.data is None:
             raise ValueError(f"data: a {self.kind} stage needs a data block")
+        if self.freeze and self.trainer_config is None:
+            raise ValueError(f"freeze: a stage of kind {self.kind!r} trains nothing")
+        if self.freeze and self.lora is not None:
+            raise ValueError("freeze: a LoRA stage trains only its adapters already; drop freeze or lora")
+        for i, pattern in enumerate(self.freeze):
+            if not pattern.strip():
+                raise ValueError(f"freeze[{i}]: an empty pattern")
         if self.ordered_batches:
             keys = "data.sources.phase / batch_group"
             if self.trainer_config != "trl:SFTConfig":

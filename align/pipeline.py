@@ -45,9 +45,18 @@ def plan(cfg: PipelineConfig, only: str | None = None) -> list[tuple[int, StageC
     return [(i, s) for i, s in indexed if s.name == only]
 
 
+# Stage fields added after run folders were made without them: left out of the hash while at their default, so a
+# stage that does not use one keeps the hash it had and an existing run still skips its finished stages and resumes.
+HASH_OMITTED_AT_DEFAULT = {"freeze": []}
+
+
 def stage_config_hash(cfg: PipelineConfig, stage: StageConfig) -> str:
     """Hash of everything in the config that decides a stage's output, given its input model."""
-    return config_hash({"stage": to_dict(stage), "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
+    fields = to_dict(stage)
+    for key, default in HASH_OMITTED_AT_DEFAULT.items():
+        if fields.get(key) == default:
+            del fields[key]
+    return config_hash({"stage": fields, "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
 
 
 def ensure_base(cfg: PipelineConfig) -> Path:

@@ -190,7 +190,32 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
     if ctx.router.freeze:
         frozen = moe.freeze_routers(model)
         logger.info("router policy: %d router weight tensors frozen", frozen)
+    if cfg.freeze:
+        n, numel = freeze_parameters(model, cfg.freeze, f"stages.{cfg.name}.freeze")
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("freeze: %d parameter tensors (%.1f%% of the weights) not trained in this stage", n,
+                    100 * numel / max(total, 1))
     return model, tok, coef
+
+
+def freeze_parameters(model: Any, patterns: tuple[str, ...], where: str) -> tuple[int, int]:
+    """Stop gradients to every parameter whose name matches one of ``patterns`` (``fnmatch`` globs); returns
+    (tensors, elements) frozen. A pattern that matches nothing is an error naming ``where[i]`` and a few names."""
+    import fnmatch
+
+    names = [name for name, _ in model.named_parameters()]
+    for i, pattern in enumerate(patterns):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            from align.config import ConfigError
+
+            raise ConfigError(f"{where}[{i}]: {pattern!r} matches no parameter of the model (names look like "
+                              f"{', '.join(names[:3])}, ...)")
+    n = numel = 0
+    for name, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            p.requires_grad_(False)
+            n, numel = n + 1, numel + p.numel()
+    return n, numel
 
 
 def resolve_modes(cfg: Any, ctx: Any, tok: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

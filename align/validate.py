@@ -17,6 +17,8 @@ spaced sample of that many beyond it (the count of over-long rows is then an est
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import json
 import logging
 from pathlib import Path
@@ -94,11 +96,30 @@ def model_facts(path: Path | None, preset: str | None, overrides: dict[str, Any]
     else:
         sig = modeling.preset_signature(preset, overrides)
         config, tok = sig["kwargs"], modeling.build_tokenizer()
+    def parameter_names() -> list[str] | None:
+        """The model's parameter names from a ``meta``-device build (shapes only, no weights); None where the config
+        cannot be built that way (the load-time check in ``align.training.freeze_parameters`` then still holds)."""
+        from align.planner import meta_model
+
+        try:
+            if path is not None:
+                from transformers import AutoConfig
+
+                built = AutoConfig.from_pretrained(path)
+            else:
+                config_cls, kwargs = modeling.PRESETS[preset](len(tok), tok)
+                built = config_cls(**{**kwargs, **overrides})
+            return [name for name, _ in meta_model(built).named_parameters()]
+        except Exception as exc:  # noqa: BLE001 - best effort before the weights load; the load checks again
+            logger.debug("parameter names of %s not known before load: %s", path or preset, exc)
+            return None
+
     text = config.get("text_config") or config
     experts = next((text[k] for k in ("n_routed_experts", "num_experts", "num_local_experts") if text.get(k)), None)
     return {"experts": experts, "top_k": text.get("num_experts_per_tok"),
             "max_positions": text.get("max_position_embeddings"), "tokenizer": tok,
-            "name": str(path) if path is not None else f"preset {preset}"}
+            "name": str(path) if path is not None else f"preset {preset}",
+            "parameter_names": functools.cache(parameter_names)}
 
 
 # -------------------------------------------------------------------------------------------- rows and limits
@@ -202,6 +223,10 @@ def validate_pipeline(cfg: PipelineConfig, only: str | None = None, init_from: s
                 problems.append(f"{where}.lora: LoRA with expert parallelism (distributed.ep {cfg.distributed.ep}) is "
                                 "not supported: AutoEP replaces the expert and router modules LoRA would wrap; train "
                                 "this stage without --ep (ZeRO sharding) or without lora")
+            if stage.freeze:
+                problems.append(f"{where}.freeze: freezing parameters with expert parallelism (distributed.ep "
+                                f"{cfg.distributed.ep}) is not supported: AutoEP builds new expert modules when the "
+                                "engine starts; train this stage without --ep or without freeze")
             if getattr(stage, "routing_replay", "none") != "none":
                 problems.append(f"{where}.routing_replay: {stage.routing_replay!r} with expert parallelism is not "
                                 "supported: the replay patches transformers' routers, which AutoEP replaces; set "
@@ -251,6 +276,11 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
         problems.append(f"{where}.router.top_k (or model.router.top_k): {router.top_k} experts per token, but the "
                         f"model has {facts['experts']} routed experts")
     _check_trainer(cfg, stage, where, problems)
+    names_known = facts["parameter_names"]() if facts and stage.freeze else None
+    for i, pattern in enumerate(stage.freeze if names_known is not None else ()):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names_known):
+            problems.append(f"{where}.freeze[{i}]: {pattern!r} matches no parameter of {facts['name']} (names look "
+                            f"like {', '.join(names_known[:3])}, ...)")
 
     names: dict[str, str] = {}  # verifier spec -> where it is named
     for i, spec in enumerate(getattr(stage, "verifiers", ())):

@@ -227,3 +227,19 @@ def test_ablation_shares_upstream_stages_and_compares(tmp_path):
     assert "standing at the end" in ledgers and "| regressions (trained; standing) |" in ledgers
     assert (root / "ablation.png").stat().st_size > 1000
     assert (a / "report.md").is_file() and (b / "report.md").is_file()
+
+
+def test_a_stage_field_added_later_keeps_old_hashes_at_its_default():
+    """A run folder made before ``freeze`` existed still skips its finished stages: at its default the field is not
+    part of the stage's hash; set, it is."""
+    import dataclasses
+
+    from align.config import config_hash, to_dict
+    from align.pipeline import HASH_OMITTED_AT_DEFAULT, stage_config_hash
+
+    cfg = load_config(SMOKE)
+    stage = cfg.stages[0]
+    before_the_field = {k: v for k, v in to_dict(stage).items() if k not in HASH_OMITTED_AT_DEFAULT}
+    assert stage_config_hash(cfg, stage) == config_hash(
+        {"stage": before_the_field, "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
+    assert stage_config_hash(cfg, dataclasses.replace(stage, freeze=("*.mlp.*",))) != stage_config_hash(cfg, stage)

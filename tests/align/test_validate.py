@@ -51,6 +51,10 @@ CONFIG_CASES = [
     (["stages.sft.trainer.max_length=3"], ["stages.sft.data", "every train row is longer than", "3 tokens"]),
     (["stages.grpo.trainer.max_completion_length=4000"], ["stages.grpo.data", "longer than the stage's limit"]),
     (["model.preset=tiny-nothing"], ["unknown model preset", "tiny-nothing"]),
+    (['stages.sft.freeze=["*.moe.*"]'], ["stages.sft.freeze[0]", "'*.moe.*' matches no parameter",
+                                         "preset tiny-deepseek-v4", "model.embed_tokens.weight"]),
+    (['stages.eval.freeze=["*"]'], ["stages", "freeze: a stage of kind 'eval' trains nothing"]),
+    (['stages.sft.freeze=["*.mlp.*"]', "stages.sft.lora={r: 4}"], ["freeze: a LoRA stage trains only its adapters"]),
     (["model.path=/nonexistent/model"], ["model.path /nonexistent/model", "no config.json"]),
 ]
 
