@@ -17,9 +17,16 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def stage_manifest_paths(run_dir: Path) -> list[Path]:
+    """The manifests of a run's stage folders (``NN_<stage>``) in pipeline order. Folders moved aside as
+    ``NN_<stage>.stale`` (an upstream stage was rebuilt, so their outputs no longer follow from the run) are left
+    out."""
+    return sorted(p for p in Path(run_dir).glob("[0-9][0-9]_*/manifest.json") if not p.parent.name.endswith(".stale"))
+
+
 def _manifests(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted(run_dir.glob("[0-9][0-9]_*/manifest.json")):
+    for path in stage_manifest_paths(run_dir):
         m = json.loads(path.read_text())
         m["_dir"] = path.parent
         out.append(m)

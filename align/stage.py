@@ -32,7 +32,7 @@ class StageContext:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     final_dirs: Mapping[str, Path] = field(default_factory=dict)
-    """Earlier stages' output model dirs by stage name (what ``final_dir_of`` answers)."""
+    """Earlier stages' output model dirs by stage name, in pipeline order (what ``final_dir_of`` answers)."""
     chat_template: str | None = None
     """Template text replacing the tokenizer's own (``model.chat_template``), or None."""
     system_prompt: str | None = None

@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from align.ledger import ledger_lines, wilson  # noqa: E402 - the repository root first
+from align.report import stage_manifest_paths  # noqa: E402
 
 
 def stage_results(run_dir: Path) -> dict[str, dict]:
     """stage name -> manifest summary (accuracy after/before, n, wall time) of a finished run folder."""
     out = {}
-    for manifest in sorted(run_dir.glob("[0-9][0-9]_*/manifest.json")):
+    for manifest in stage_manifest_paths(run_dir):
         m = json.loads(manifest.read_text())
         met = m.get("metrics", {})
         out[m["stage"]] = {"kind": m["kind"], "after": met.get("heldout_accuracy"),
@@ -117,7 +118,7 @@ def main() -> None:
     print(f"pipeline wall time: max {max(walls.values()):.0f} s (target <= 600 s; with --summarize-only: the sum of "
           "stage wall times)")
     for seed in args.seeds:  # the eval stage's skill ledger: every suite x every graded stage, regressions flagged
-        for manifest in sorted((Path(args.out) / f"seed{seed}").glob("[0-9][0-9]_*/manifest.json")):
+        for manifest in stage_manifest_paths(Path(args.out) / f"seed{seed}"):
             metrics = json.loads(manifest.read_text()).get("metrics", {})
             ledger = metrics.get("ledger")
             if ledger:

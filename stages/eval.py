@@ -126,8 +126,8 @@ def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None =
 
 
 def skill_ledger(cfg: EvalStageConfig, ctx: StageContext, by_stage: dict[str, Any], suites: dict[str, Any]) -> dict:
-    """The skill ledger (``align.ledger``) of the graded models in pipeline order (compared stages by their folder
-    index, then this stage's input), each suite marked with the stages whose data used its recipe (read from their
+    """The skill ledger (``align.ledger``) of the graded models in pipeline order (compared stages in the order the
+    pipeline ran them, then this stage's input), each suite marked with the stages whose data used its recipe (read from their
     manifests)."""
     import json
     import re
@@ -138,8 +138,9 @@ def skill_ledger(cfg: EvalStageConfig, ctx: StageContext, by_stage: dict[str, An
     def folder(model_dir: Any) -> Any:
         return model_dir.parent if model_dir.name == "final" else None
 
-    order = sorted(by_stage, key=lambda name: str(ctx.final_dir_of(name)))  # NN_<stage>/final: pipeline order
-    graded = {name: by_stage[name] for name in order}
+    # pipeline order, not the folders' names: a skipped stage's model may live in another run folder (one copied or
+    # moved), whose path sorts anywhere
+    graded = {name: by_stage[name] for name in ctx.final_dirs if name in by_stage}
     label = model_label(ctx.init_dir)
     if label not in graded:
         graded[label] = suites

@@ -140,3 +140,22 @@ def test_rerun_skips_the_eval_stage(smoke_run):
 
     rows = run_pipeline(load_config(SMOKE, [f"output_dir={out}"]), only="eval")
     assert rows[0]["skipped"] is True
+
+
+def test_ledger_is_in_pipeline_order_wherever_the_models_live(tmp_path):
+    """A skipped stage's model may sit in another run folder (a copied or moved run): the ledger still reads the
+    stages in the order the pipeline ran them, so "best earlier" means earlier."""
+    from align.config import RouterPolicy
+    from align.stage import StageContext
+    from stages.eval import skill_ledger
+
+    cfg = load_config(SMOKE).stage("eval")
+    finals = {"sft": tmp_path / "zz_copied_run" / "00_sft" / "final",  # sorts after the others by path
+              "reasoning": tmp_path / "run" / "01_reasoning" / "final", "grpo": tmp_path / "run" / "02_grpo" / "final"}
+    ctx = StageContext(tmp_path / "run", tmp_path / "run" / "03_eval", finals["grpo"], 0, RouterPolicy(),
+                       final_dirs=finals)
+    grade = {"sft": 1.0, "reasoning": 0.9, "grpo": 0.9}
+    by_stage = {name: {s.name: {"accuracy": grade[name], "n": 200} for s in cfg.suites} for name in reversed(finals)}
+    ledger = skill_ledger(cfg, ctx, by_stage, by_stage["grpo"])
+    assert ledger["stages"] == ["sft", "reasoning", "grpo"]
+    assert {(r["stage"], r["best_stage"]) for r in ledger["regressions"]} >= {("reasoning", "sft")}
