@@ -37,6 +37,12 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and the file."""
 
 
+ADDED_LATER = {"hash": "omit at default"}
+"""Field metadata of an option added after run folders were made without it: ``hash_dict`` leaves it out while it is
+at its default, so a stage that does not use it keeps the hash it had and an existing run still skips its finished
+stages and resumes."""
+
+
 # ----------------------------------------------------------------------------------------------------- dataclasses
 
 
@@ -181,9 +187,18 @@ class SourceConfig:
     which sorts by exact length: where length tells the answer (``-17`` vs ``9``) its batches are not i.i.d., and an
     sft stage of 2-digit sums with needle replay did not learn with it (held-out 0.013; BENCHMARKS.md, session 8)."""
 
+    batch_size: int | None = field(default=None, metadata=ADDED_LATER)
+    """SFT and reasoning stages: the micro-batch size of this source's batch group (default: the trainer's
+    ``per_device_train_batch_size``; every source of a group that sets it must agree). Short rows in big batches,
+    long ones in small: a step of this tiny model costs about the same for 64 two-digit sums as for 8 needle rows of
+    400 characters. Each micro-batch is one optimizer step (times ``gradient_accumulation_steps``), whatever its
+    size."""
+
     def __post_init__(self) -> None:
         if self.phase < 0:
             raise ValueError(f"phase: must be >= 0, got {self.phase}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.batch_group < 0:
             raise ValueError(f"batch_group: must be >= 0, got {self.batch_group}")
         if (self.recipe is None) == (self.path is None):
@@ -220,6 +235,14 @@ class DataConfig:
             raise ValueError(f"n_heldout: must be in 0..{MAX_ROWS:,}, got {self.n_heldout}")
         if not 0.01 <= self.heldout_fraction < 1:
             raise ValueError("heldout_fraction: must be in [0.01, 1) (splits are drawn in 1 % buckets)")
+        sizes: dict[int, tuple[int, int]] = {}  # batch group -> (source index, its batch_size)
+        for i, src in enumerate(self.sources):
+            if src.batch_size is None:
+                continue
+            first = sizes.setdefault(src.batch_group, (i, src.batch_size))
+            if first[1] != src.batch_size:
+                raise ValueError(f"sources[{i}].batch_size: {src.batch_size}, but sources[{first[0]}] of the same "
+                                 f"batch group ({src.batch_group}) has {first[1]}; a group has one batch size")
 
 
 @dataclass(frozen=True)
@@ -332,7 +355,7 @@ class StageConfig:
     lora: LoraConfig | None = None
     router: RouterPolicy | None = None
     """Overrides ``model.router`` for this stage."""
-    freeze: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = field(default=(), metadata=ADDED_LATER)
     """Parameter-name globs (``fnmatch``: ``*.mlp.*``, ``model.embed_tokens.*``) this stage does not train; each must
     match a parameter of the stage's input model. E.g. teach attention a longer context without moving the experts
     that hold an earlier stage's skills."""
@@ -360,7 +383,7 @@ class StageConfig:
             if not pattern.strip():
                 raise ValueError(f"freeze[{i}]: an empty pattern")
         if self.ordered_batches:
-            keys = "data.sources.phase / batch_group"
+            keys = "data.sources.phase / batch_group / batch_size"
             if self.trainer_config != "trl:SFTConfig":
                 raise ValueError(f"{keys}: phases and batch groups need an sft or reasoning stage; a {self.kind} "
                                  "stage samples its own batches")
@@ -372,7 +395,11 @@ class StageConfig:
     def ordered_batches(self) -> bool:
         """Whether the stage draws its own batches: sources in phases (``SourceConfig.phase``, a curriculum) or in
         batch groups (``SourceConfig.batch_group``); ``align.training.GroupedBatchSampler`` does both."""
-        return self.data is not None and any(s.phase or s.batch_group for s in self.data.sources)
+        return self.data is not None and any(s.phase or s.batch_group or s.batch_size for s in self.data.sources)
+
+    def group_batch_sizes(self) -> dict[int, int]:
+        """Batch group -> its own micro-batch size (``SourceConfig.batch_size``), for the groups that set one."""
+        return {s.batch_group: s.batch_size for s in (self.data.sources if self.data else ()) if s.batch_size}
 
     def row_schema(self, split: str) -> str:
         """The row schema (``data_recipes.schema`` kind) of this stage's ``split`` rows ("train" | "heldout")."""
@@ -808,6 +835,18 @@ def to_dict(obj: Any) -> Any:
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def hash_dict(obj: Any) -> Any:
+    """``to_dict`` for hashing: fields marked ``ADDED_LATER`` are left out while at their default."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: hash_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("hash") == ADDED_LATER["hash"] and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, tuple | list):
+        return [hash_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: hash_dict(v) for k, v in obj.items()}
     return obj
 
 

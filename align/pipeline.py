@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from align import checkpoint
-from align.config import PipelineConfig, StageConfig, config_hash, dump_yaml, to_dict
+from align.config import PipelineConfig, StageConfig, config_hash, dump_yaml, hash_dict, to_dict
 from align.stage import StageContext
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,9 @@ def plan(cfg: PipelineConfig, only: str | None = None) -> list[tuple[int, StageC
     return [(i, s) for i, s in indexed if s.name == only]
 
 
-# Stage fields added after run folders were made without them: left out of the hash while at their default, so a
-# stage that does not use one keeps the hash it had and an existing run still skips its finished stages and resumes.
-HASH_OMITTED_AT_DEFAULT = {"freeze": []}
-
-
 def stage_config_hash(cfg: PipelineConfig, stage: StageConfig) -> str:
     """Hash of everything in the config that decides a stage's output, given its input model."""
-    fields = to_dict(stage)
-    for key, default in HASH_OMITTED_AT_DEFAULT.items():
-        if fields.get(key) == default:
-            del fields[key]
-    return config_hash({"stage": fields, "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
+    return config_hash({"stage": hash_dict(stage), "router": hash_dict(cfg.router_for(stage)), "seed": cfg.seed})
 
 
 def ensure_base(cfg: PipelineConfig) -> Path:

@@ -255,14 +255,28 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
     trainer_cls = SFTTrainer
     if cfg.ordered_batches:
         sampler = GroupedBatchSampler([r.get("batch_group", 0) for r in rows], [r.get("phase", 0) for r in rows],
-                                      args.per_device_train_batch_size, ctx.seed)
+                                      args.per_device_train_batch_size, ctx.seed, cfg.group_batch_sizes())
 
         class trainer_cls(SFTTrainer):  # noqa: N801 - TRL's trainer, its sampler ours
             def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-                if train_dataset is not None and len(train_dataset) != len(sampler):
-                    raise RuntimeError(f"batch groups: {len(sampler)} rows grouped, the trainer has "
+                if train_dataset is not None and len(train_dataset) != len(sampler.groups):
+                    raise RuntimeError(f"batch groups: {len(sampler.groups)} rows grouped, the trainer has "
                                        f"{len(train_dataset)}")
                 return sampler
+
+            def get_train_dataloader(self) -> Any:
+                if not sampler.sizes:
+                    return super().get_train_dataloader()
+                # batches of several sizes: the sampler yields whole micro-batches (a batch_sampler); accelerate
+                # hands each rank every N-th of them, as it does the fixed-size chunks of the plain path
+                from torch.utils.data import DataLoader
+
+                self._get_train_sampler(self.train_dataset)
+                dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+                loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                                    num_workers=self.args.dataloader_num_workers,
+                                    pin_memory=self.args.dataloader_pin_memory)
+                return self.accelerator.prepare(loader)
 
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
                           callbacks=[CompleteCheckpointCallback()])
@@ -271,28 +285,44 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
 
 class GroupedBatchSampler:
     """A train sampler for curricula and batch groups: consecutive ``batch_size`` indices are one micro-batch of one
-    batch group (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batch_order``), the sources' phases in
+    batch group (``SourceConfig.batch_group``; ``data_recipes.mixture.grouped_batches``), the sources' phases in
     order (``SourceConfig.phase``), a fresh shuffle each epoch (seeded by ``seed`` and the epoch, so every rank draws
-    the same order and accelerate hands each rank whole batches). The trainer sets the epoch on a resume; without that
-    the epoch counts up per pass."""
+    the same order and accelerate hands each rank whole batches). With ``sizes`` (group -> its own batch size,
+    ``SourceConfig.batch_size``) it is a batch sampler: it yields the micro-batches themselves, ``len`` counts them.
+    The trainer sets the epoch on a resume; without that the epoch counts up per pass."""
 
-    def __init__(self, groups: list[int], phases: list[int], batch_size: int, seed: int) -> None:
+    def __init__(self, groups: list[int], phases: list[int], batch_size: int, seed: int,
+                 sizes: dict[int, int] | None = None) -> None:
         self.groups, self.phases, self.batch_size, self.seed, self.epoch = groups, phases, batch_size, seed, 0
+        self.sizes = dict(sizes or {})
+
+    def _order(self, epoch: int) -> list[Any]:
+        """The epoch's micro-batches (with ``sizes``) or flat row order (without: the trainer cuts the batches)."""
+        import random
+
+        from data_recipes.mixture import grouped_batch_order, grouped_batches
+
+        rng = random.Random(f"batch_groups/{self.seed}/{epoch}")
+        if self.sizes:
+            return grouped_batches(self.groups, self.phases, self.batch_size, rng, self.sizes)
+        return grouped_batch_order(self.groups, self.phases, self.batch_size, rng)
 
     def __len__(self) -> int:
-        return len(self.groups)
+        return len(self._order(0))  # batches or rows; neither count depends on the shuffle
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> GroupedBatchSampler:
+        """Itself: accelerate passes the trainer's epoch (a resume) through ``BatchSamplerShard.batch_sampler.sampler``
+        when this batch sampler is split over several ranks; without it only the one-rank path would get it."""
+        return self
+
     def __iter__(self) -> Any:
-        import random
-
-        from data_recipes.mixture import grouped_batch_order
-
-        rng = random.Random(f"batch_groups/{self.seed}/{self.epoch}")
+        order = self._order(self.epoch)
         self.epoch += 1
-        return iter(grouped_batch_order(self.groups, self.phases, self.batch_size, rng))
+        return iter(order)
 
 
 def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: list[dict[str, Any]],

@@ -223,17 +223,19 @@ def build_rows(data: Any, split: str, seed: int, kind: str, system_prompt: str |
     return rows
 
 
-def grouped_batch_order(groups: list[int], phases: list[int], batch_size: int, rng: random.Random) -> list[int]:
-    """Row indices in an order whose consecutive ``batch_size`` chunks each hold rows of one batch group (sources'
-    ``batch_group``), phases in order, each phase's batches shuffled. The remainders of a phase's groups (fewer than a
-    batch each) are pooled into mixed batches; what is left of those, under one batch, opens the next phase's pool so
-    that every later chunk stays aligned (the last chunk of all may be short).
+def grouped_batches(groups: list[int], phases: list[int], batch_size: int, rng: random.Random,
+                    sizes: dict[int, int] | None = None) -> list[list[int]]:
+    """Row indices as micro-batches, each of one batch group (sources' ``batch_group``) and ``sizes[group]`` rows
+    (``batch_size`` for a group not in ``sizes``), phases in order, each phase's batches shuffled. The remainders of a
+    phase's groups (fewer than a batch each) are pooled into mixed batches of ``batch_size``; what is left of those,
+    under one batch, opens the next phase's pool (the last batch of all may be short).
 
-    >>> order = grouped_batch_order([0, 0, 0, 0, 1, 1], [0] * 6, 2, random.Random(0))
-    >>> sorted(order), [len({order[k] >= 4, order[k + 1] >= 4}) for k in (0, 2, 4)]  # one group per chunk
-    ([0, 1, 2, 3, 4, 5], [1, 1, 1])
+    >>> batches = grouped_batches([0, 0, 0, 0, 1, 1, 1, 1], [0] * 8, 2, random.Random(0), sizes={0: 4})
+    >>> sorted(len(b) for b in batches), all(len({i >= 4 for i in b}) == 1 for b in batches)
+    ([2, 2, 4], True)
     """
-    order: list[int] = []
+    sizes = sizes or {}
+    out: list[list[int]] = []
     carry: list[int] = []
     for phase in sorted(set(phases)):
         rows = [i for i, p in enumerate(phases) if p == phase]
@@ -242,13 +244,25 @@ def grouped_batch_order(groups: list[int], phases: list[int], batch_size: int, r
         for group in sorted({groups[i] for i in rows}):
             members = [i for i in rows if groups[i] == group]
             rng.shuffle(members)
-            full = len(members) // batch_size * batch_size
-            batches += [members[k : k + batch_size] for k in range(0, full, batch_size)]
+            size = sizes.get(group, batch_size)
+            full = len(members) // size * size
+            batches += [members[k : k + size] for k in range(0, full, size)]
             rest += members[full:]
         rng.shuffle(rest)
         full = len(rest) // batch_size * batch_size
         batches += [rest[k : k + batch_size] for k in range(0, full, batch_size)]
         carry = rest[full:]
         rng.shuffle(batches)
-        order += [i for b in batches for i in b]
-    return order + carry
+        out += batches
+    return out + ([carry] if carry else [])
+
+
+def grouped_batch_order(groups: list[int], phases: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """``grouped_batches`` at one batch size, flat: consecutive ``batch_size`` chunks each hold rows of one batch
+    group (or one pooled remainder), so a plain sampler and the trainer's batch size cut the same micro-batches.
+
+    >>> order = grouped_batch_order([0, 0, 0, 0, 1, 1], [0] * 6, 2, random.Random(0))
+    >>> sorted(order), [len({order[k] >= 4, order[k + 1] >= 4}) for k in (0, 2, 4)]  # one group per chunk
+    ([0, 1, 2, 3, 4, 5], [1, 1, 1])
+    """
+    return [i for b in grouped_batches(groups, phases, batch_size, rng) for i in b]

@@ -229,17 +229,23 @@ def test_ablation_shares_upstream_stages_and_compares(tmp_path):
     assert (a / "report.md").is_file() and (b / "report.md").is_file()
 
 
-def test_a_stage_field_added_later_keeps_old_hashes_at_its_default():
-    """A run folder made before ``freeze`` existed still skips its finished stages: at its default the field is not
-    part of the stage's hash; set, it is."""
+def test_options_added_later_keep_old_hashes_at_their_default():
+    """A run folder made before ``freeze`` (a stage option) or ``batch_size`` (a source option) existed still skips
+    its finished stages: at their defaults those fields are not part of the stage's hash; set, they are."""
     import dataclasses
 
     from align.config import config_hash, to_dict
-    from align.pipeline import HASH_OMITTED_AT_DEFAULT, stage_config_hash
+    from align.pipeline import stage_config_hash
 
     cfg = load_config(SMOKE)
     stage = cfg.stages[0]
-    before_the_field = {k: v for k, v in to_dict(stage).items() if k not in HASH_OMITTED_AT_DEFAULT}
+    before = to_dict(stage)
+    del before["freeze"]
+    for src in before["data"]["sources"]:
+        del src["batch_size"]
     assert stage_config_hash(cfg, stage) == config_hash(
-        {"stage": before_the_field, "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
+        {"stage": before, "router": to_dict(cfg.router_for(stage)), "seed": cfg.seed})
     assert stage_config_hash(cfg, dataclasses.replace(stage, freeze=("*.mlp.*",))) != stage_config_hash(cfg, stage)
+    sized = dataclasses.replace(stage.data, sources=(dataclasses.replace(stage.data.sources[0], batch_size=4),
+                                                     *stage.data.sources[1:]))
+    assert stage_config_hash(cfg, dataclasses.replace(stage, data=sized)) != stage_config_hash(cfg, stage)

@@ -53,3 +53,22 @@ def test_a_curriculum_trains_its_phases_in_order(tmp_path):
     # 40 sums in phase 0, 20 needle rows in phase 1, batches of 8: five batches of sums, then needle rows
     phased = _trained_batches(tmp_path, SOURCES.replace("batch_group: 1", "phase: 1"))
     assert [{n > 100 for n in batch} for batch in phased] == [{False}] * 5 + [{True}], phased
+
+
+def test_a_group_with_its_own_batch_size_trains_in_batches_of_that_size(tmp_path):
+    # 40 sums in batches of 20 (their group's batch_size), 20 needle rows in the trainer's 8: per epoch two batches
+    # of sums, two of 8 needle rows and one of the 4 left over; 6 steps run into the second epoch
+    sized = _trained_batches(tmp_path, SOURCES.replace("ops: ['+']}}", "ops: ['+']}, batch_size: 20}"))
+    assert len(sized) == 6
+    sizes = sorted((len(b), {n > 100 for n in b} == {True}) for b in sized[:5])
+    assert sizes == [(4, True), (8, True), (8, True), (20, False), (20, False)], sized
+
+
+def test_one_batch_group_has_one_batch_size():
+    import pytest
+
+    from align.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"sources\[1\]\.batch_size: 16, but sources\[0\] of the same batch group"):
+        load_config(SMOKE, ["stages.sft.data.sources=[{recipe: arithmetic, batch_size: 8}, "
+                            "{recipe: arithmetic, kwargs: {digits: 3}, batch_size: 16}]"])
