@@ -210,12 +210,14 @@ def freeze_parameters(model: Any, patterns: tuple[str, ...], where: str) -> tupl
 
             raise ConfigError(f"{where}[{i}]: {pattern!r} matches no parameter of the model (names look like "
                               f"{', '.join(names[:3])}, ...)")
-    n = numel = 0
-    for name, p in model.named_parameters():
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-            p.requires_grad_(False)
-            n, numel = n + 1, numel + p.numel()
-    return n, numel
+    frozen = [p for name, p in model.named_parameters() if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
+    if len(frozen) == len(names):
+        from align.config import ConfigError
+
+        raise ConfigError(f"{where}: matches every parameter of the model; the stage would train nothing")
+    for p in frozen:
+        p.requires_grad_(False)
+    return len(frozen), sum(p.numel() for p in frozen)
 
 
 def resolve_modes(cfg: Any, ctx: Any, tok: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -281,6 +281,8 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names_known):
             problems.append(f"{where}.freeze[{i}]: {pattern!r} matches no parameter of {facts['name']} (names look "
                             f"like {', '.join(names_known[:3])}, ...)")
+    if names_known and all(any(fnmatch.fnmatchcase(n, p) for p in stage.freeze) for n in names_known):
+        problems.append(f"{where}.freeze: matches every parameter of {facts['name']}; the stage would train nothing")
 
     names: dict[str, str] = {}  # verifier spec -> where it is named
     for i, spec in enumerate(getattr(stage, "verifiers", ())):

@@ -31,3 +31,5 @@ def test_a_pattern_matching_nothing_names_the_key():
     assert not model[0].weight.requires_grad and model[1].weight.requires_grad
     with pytest.raises(ConfigError, match=r"stages\.x\.freeze\[1\]: '\*\.experts\.\*' matches no parameter"):
         freeze_parameters(model, ("1.*", "*.experts.*"), "stages.x.freeze")
+    with pytest.raises(ConfigError, match="matches every parameter of the model; the stage would train nothing"):
+        freeze_parameters(torch.nn.Linear(2, 2), ("*",), "stages.x.freeze")
