@@ -200,20 +200,19 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
 
 def freeze_parameters(model: Any, patterns: tuple[str, ...], where: str) -> tuple[int, int]:
     """Stop gradients to every parameter whose name matches one of ``patterns`` (``fnmatch`` globs); returns
-    (tensors, elements) frozen. A pattern that matches nothing is an error naming ``where[i]`` and a few names."""
+    (tensors, elements) frozen. A pattern that matches nothing (naming ``where[i]`` and a few names), or patterns that
+    match everything, are a ``ConfigError``."""
     import fnmatch
+
+    from align.config import ConfigError
 
     names = [name for name, _ in model.named_parameters()]
     for i, pattern in enumerate(patterns):
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            from align.config import ConfigError
-
             raise ConfigError(f"{where}[{i}]: {pattern!r} matches no parameter of the model (names look like "
                               f"{', '.join(names[:3])}, ...)")
     frozen = [p for name, p in model.named_parameters() if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
     if len(frozen) == len(names):
-        from align.config import ConfigError
-
         raise ConfigError(f"{where}: matches every parameter of the model; the stage would train nothing")
     for p in frozen:
         p.requires_grad_(False)
