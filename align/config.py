@@ -190,9 +190,8 @@ class SourceConfig:
     batch_size: int | None = field(default=None, metadata=ADDED_LATER)
     """SFT and reasoning stages: the micro-batch size of this source's batch group (default: the trainer's
     ``per_device_train_batch_size``; every source of a group that sets it must agree). Short rows in big batches,
-    long ones in small: a step of this tiny model costs about the same for 64 two-digit sums as for 8 needle rows of
-    400 characters. Each micro-batch is one optimizer step (times ``gradient_accumulation_steps``), whatever its
-    size."""
+    long ones in small: 64 two-digit sums are ~770 padded tokens, 8 needle rows of 400 characters over 3,000. Each
+    micro-batch is one optimizer step (times ``gradient_accumulation_steps``), whatever its size."""
 
     def __post_init__(self) -> None:
         if self.phase < 0:
