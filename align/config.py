@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ class ConfigError(ValueError):
 
 
 ADDED_LATER = {"hash": "omit at default"}
-"""Field metadata of an option added after run folders were made without it: ``hash_dict`` leaves it out while it is
+"""Field metadata of an option added after run folders were made without it: ``to_dict(for_hash=True)`` leaves it out while it is
 at its default, so a stage that does not use it keeps the hash it had and an existing run still skips its finished
 stages and resumes."""
 
@@ -826,26 +827,27 @@ def check_trainer_block(kind: str, block: dict[str, Any], where: str, source: st
 # ---------------------------------------------------------------------------------------------------- utilities
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass config as plain YAML/JSON-able data."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+def freeze_problems(names: list[str], patterns: tuple[str, ...], where: str, model: str) -> list[str]:
+    """What is wrong with ``patterns`` (a stage's ``freeze`` globs) for a model with parameters ``names``: a glob that
+    matches nothing, or globs that match everything (the stage would train nothing). Checked before the weights load
+    (``align.validate``, on a meta-device build) and at load (``align.training.freeze_parameters``)."""
+    problems = [f"{where}[{i}]: {p!r} matches no parameter of {model} (names look like {', '.join(names[:3])}, ...)"
+                for i, p in enumerate(patterns) if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if names and all(any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names):
+        problems.append(f"{where}: matches every parameter of {model}; the stage would train nothing")
+    return problems
 
 
-def hash_dict(obj: Any) -> Any:
-    """``to_dict`` for hashing: fields marked ``ADDED_LATER`` are left out while at their default."""
+def to_dict(obj: Any, for_hash: bool = False) -> Any:
+    """A dataclass config as plain YAML/JSON-able data; ``for_hash``: fields marked ``ADDED_LATER`` are left out while
+    at their default."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: hash_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get("hash") == ADDED_LATER["hash"] and getattr(obj, f.name) == f.default)}
+        return {f.name: to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
+                if not (for_hash and f.metadata.get("hash") == ADDED_LATER["hash"] and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple | list):
-        return [hash_dict(v) for v in obj]
+        return [to_dict(v, for_hash) for v in obj]
     if isinstance(obj, dict):
-        return {k: hash_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, for_hash) for k, v in obj.items()}
     return obj
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from align import checkpoint
-from align.config import PipelineConfig, StageConfig, config_hash, dump_yaml, hash_dict, to_dict
+from align.config import PipelineConfig, StageConfig, config_hash, dump_yaml, to_dict
 from align.stage import StageContext
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def plan(cfg: PipelineConfig, only: str | None = None) -> list[tuple[int, StageC
 
 def stage_config_hash(cfg: PipelineConfig, stage: StageConfig) -> str:
     """Hash of everything in the config that decides a stage's output, given its input model."""
-    return config_hash({"stage": hash_dict(stage), "router": hash_dict(cfg.router_for(stage)), "seed": cfg.seed})
+    return config_hash({"stage": to_dict(stage, for_hash=True), "router": to_dict(cfg.router_for(stage), for_hash=True),
+                        "seed": cfg.seed})
 
 
 def ensure_base(cfg: PipelineConfig) -> Path:

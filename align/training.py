@@ -200,20 +200,16 @@ def prepare_model(ctx: Any, cfg: Any) -> tuple[Any, Any, float]:
 
 def freeze_parameters(model: Any, patterns: tuple[str, ...], where: str) -> tuple[int, int]:
     """Stop gradients to every parameter whose name matches one of ``patterns`` (``fnmatch`` globs); returns
-    (tensors, elements) frozen. A pattern that matches nothing (naming ``where[i]`` and a few names), or patterns that
-    match everything, are a ``ConfigError``."""
+    (tensors, elements) frozen. ``align.config.freeze_problems`` (a glob matching nothing, or everything) raise."""
     import fnmatch
 
-    from align.config import ConfigError
+    from align.config import ConfigError, freeze_problems
 
-    names = [name for name, _ in model.named_parameters()]
-    for i, pattern in enumerate(patterns):
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ConfigError(f"{where}[{i}]: {pattern!r} matches no parameter of the model (names look like "
-                              f"{', '.join(names[:3])}, ...)")
-    frozen = [p for name, p in model.named_parameters() if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
-    if len(frozen) == len(names):
-        raise ConfigError(f"{where}: matches every parameter of the model; the stage would train nothing")
+    named = list(model.named_parameters())
+    problems = freeze_problems([n for n, _ in named], patterns, where, "the model")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    frozen = [p for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
     for p in frozen:
         p.requires_grad_(False)
     return len(frozen), sum(p.numel() for p in frozen)
@@ -272,7 +268,7 @@ def train_sft(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any, ctx: A
                 # hands each rank every N-th of them, as it does the fixed-size chunks of the plain path
                 from torch.utils.data import DataLoader
 
-                self._get_train_sampler(self.train_dataset)
+                self._get_train_sampler(self.train_dataset)  # its row-count check
                 dataset = self._remove_unused_columns(self.train_dataset, description="Training")
                 loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                                     num_workers=self.args.dataloader_num_workers,

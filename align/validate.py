@@ -17,14 +17,13 @@ spaced sample of that many beyond it (the count of over-long rows is then an est
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import functools
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from align.config import ConfigError, PipelineConfig, StageConfig
+from align.config import ConfigError, PipelineConfig, StageConfig, freeze_problems
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +95,7 @@ def model_facts(path: Path | None, preset: str | None, overrides: dict[str, Any]
     else:
         sig = modeling.preset_signature(preset, overrides)
         config, tok = sig["kwargs"], modeling.build_tokenizer()
+
     def parameter_names() -> list[str] | None:
         """The model's parameter names from a ``meta``-device build (shapes only, no weights); None where the config
         cannot be built that way (the load-time check in ``align.training.freeze_parameters`` then still holds)."""
@@ -277,12 +277,8 @@ def _check_stage(cfg: PipelineConfig, stage: StageConfig, where: str, facts: dic
                         f"model has {facts['experts']} routed experts")
     _check_trainer(cfg, stage, where, problems)
     names_known = facts["parameter_names"]() if facts and stage.freeze else None
-    for i, pattern in enumerate(stage.freeze if names_known is not None else ()):
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names_known):
-            problems.append(f"{where}.freeze[{i}]: {pattern!r} matches no parameter of {facts['name']} (names look "
-                            f"like {', '.join(names_known[:3])}, ...)")
-    if names_known and all(any(fnmatch.fnmatchcase(n, p) for p in stage.freeze) for n in names_known):
-        problems.append(f"{where}.freeze: matches every parameter of {facts['name']}; the stage would train nothing")
+    if names_known is not None:
+        problems += freeze_problems(names_known, stage.freeze, f"{where}.freeze", facts["name"])
 
     names: dict[str, str] = {}  # verifier spec -> where it is named
     for i, spec in enumerate(getattr(stage, "verifiers", ())):

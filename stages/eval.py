@@ -127,8 +127,8 @@ def grade_model(model_dir: Any, cfg: Any, seed: int, chat_template: str | None =
 
 def skill_ledger(cfg: EvalStageConfig, ctx: StageContext, by_stage: dict[str, Any], suites: dict[str, Any]) -> dict:
     """The skill ledger (``align.ledger``) of the graded models in pipeline order (compared stages in the order the
-    pipeline ran them, then this stage's input), each suite marked with the stages whose data used its recipe (read from their
-    manifests)."""
+    pipeline ran them, then this stage's input), each suite marked with the stages whose data used its recipe (read
+    from their manifests)."""
     import json
     import re
 

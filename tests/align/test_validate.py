@@ -54,6 +54,7 @@ CONFIG_CASES = [
     (['stages.sft.freeze=["*.moe.*"]'], ["stages.sft.freeze[0]", "'*.moe.*' matches no parameter",
                                          "preset tiny-deepseek-v4", "model.embed_tokens.weight"]),
     (['stages.eval.freeze=["*"]'], ["stages", "freeze: a stage of kind 'eval' trains nothing"]),
+    (["stages.sft.data.sources=[{recipe: arithmetic, batch_size: 0}]"], ["batch_size: must be >= 1, got 0"]),
     (['stages.sft.freeze=["model.*", "lm_head.*"]'], ["stages.sft.freeze: matches every parameter",
                                                       "would train nothing"]),
     (['stages.sft.freeze=["*.mlp.*"]', "stages.sft.lora={r: 4}"], ["freeze: a LoRA stage trains only its adapters"]),
