@@ -4,6 +4,7 @@ grading path (``rewards.grading``), exactly as in training."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -88,6 +89,8 @@ def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
 def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """If ``eval.before``: grade the input model too (``heldout_accuracy_before``)."""
     if cfg.eval.before and heldout:
+        t0 = time.perf_counter()
         graded = grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        metrics["heldout_before_s"] = round(time.perf_counter() - t0, 2)  # grading time, part of the stage's wall
         metrics["heldout_accuracy_before"] = graded["accuracy"]
         metrics["heldout_by_verifier_before"] = graded["by_verifier"]
