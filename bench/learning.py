@@ -8,7 +8,8 @@ interval, and ``before`` (the stage's input model on the same held-out problems)
 stage's accuracy minus the better of the earlier training stages, all graded on the *GRPO stage's* held-out problems
 (each earlier stage's ``final/`` is graded on them here, greedy, by the same verifiers; cached in
 ``<run>/same_heldout.json``); also shown: ``grpo after - grpo before``. Targets: worst seed >= +5 points, mean >= +10. Stages already completed in ``--out`` are skipped by the pipeline's own hash
-check, so an interrupted bench resumes.
+check, so an interrupted bench resumes. The preset's training step (``bench/preset_speed.py``) is timed before and
+after the runs: the machine's speed moves from day to day, and the wall times with it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def same_heldout(run_dir: Path, config: str, seed: int, overrides: list[str]) ->
     return out
 
 
+def preset_step_ms(steps: int = 10) -> float:
+    """The preset's median training step in ms (``bench/preset_speed.py``, batch 32 x 48), in this process."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from preset_speed import step_time
+
+    return 1000 * step_time({}, steps)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
@@ -77,6 +86,10 @@ def main() -> None:
     p.add_argument("--summarize-only", action="store_true", help="read the run folders in --out; run nothing")
     args = p.parse_args()
 
+    # The 600-s line is wall time on whatever machine runs this; the same stages took 1.6x longer on one day than on
+    # another here (BENCHMARKS.md, session 12). The preset's training step, timed before and after the runs, says
+    # which kind of day it was, so wall times of different runs can be compared.
+    anchor = [] if args.summarize_only else [preset_step_ms()]
     results, walls = {}, {}
     for seed in args.seeds:
         run_dir = Path(args.out) / f"seed{seed}"
@@ -117,6 +130,10 @@ def main() -> None:
           f"worst {100 * min(gains_before):+.1f}")
     print(f"pipeline wall time: max {max(walls.values()):.0f} s (target <= 600 s; with --summarize-only: the sum of "
           "stage wall times)")
+    if anchor:
+        anchor.append(preset_step_ms())
+        print(f"machine: the preset's training step (bench/preset_speed.py) {anchor[0]:.1f} ms before the runs, "
+              f"{anchor[1]:.1f} ms after")
     for seed in args.seeds:  # the eval stage's skill ledger: every suite x every graded stage, regressions flagged
         for manifest in stage_manifest_paths(Path(args.out) / f"seed{seed}"):
             metrics = json.loads(manifest.read_text()).get("metrics", {})
