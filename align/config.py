@@ -216,7 +216,9 @@ class DataConfig:
     sources: tuple[SourceConfig, ...] = ()
     """Mixture components."""
     n_train: int = 1000
-    """Training rows drawn from the mixture (after dedup and filters, sources are cycled if short)."""
+    """Training rows drawn from the mixture by weight, before dedup and filters (a file source with fewer rows than
+    its share gives all it has, with a warning; a recipe asked for more distinct problems than it holds is refused).
+    A stage whose ``max_steps`` needs more rows goes round them again, reshuffled (epochs)."""
     n_heldout: int = 200
     """Held-out rows (disjoint from training by construction) graded after the stage."""
     dedup: bool = True
