@@ -38,6 +38,7 @@ def test_smoke_pipeline_manifest_and_final_dir(smoke_run):
         assert manifest[key], key
     m = manifest["metrics"]
     assert 0.0 <= m["heldout_accuracy"] <= 1.0 and m["heldout_n"] == 32
+    assert 0 < m["heldout_s"] < manifest["wall_time_s"]  # grading's share of the stage's wall time
     assert m["train_loss_last"] < m["train_loss_first"]  # SFT lowers the loss
     assert m["aux_loss_first"] > 0  # the router aux loss is part of the objective and logged
     # SFT changed the parameters
