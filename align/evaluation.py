@@ -68,12 +68,14 @@ def generate(model: Any, tok: Any, prompts: list[list[dict[str, str]]], max_new_
 
 def grade_heldout(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
     """Greedy held-out grading: ``GradingReport`` as a dict (``accuracy``, ``n``, ``statuses``, ``by_verifier`` —
-    accuracy per verifier, i.e. per task family of a mixture — and ``examples``)."""
+    accuracy per verifier, i.e. per task family of a mixture — ``examples``) and ``seconds`` (what it took)."""
     if not rows:
-        return GradingReport().as_dict()
+        return {**GradingReport().as_dict(), "seconds": 0.0}
+    t0 = time.perf_counter()
     completions = generate(model, tok, [prompt_and_gold(r)[0] for r in rows], max_new_tokens, batch_size,
                            desc="held-out", modes=row_modes(rows))
-    return GradingReport.build(rows, completions, grade_rows(rows, completions)).as_dict()
+    report = GradingReport.build(rows, completions, grade_rows(rows, completions)).as_dict()
+    return {**report, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
@@ -89,8 +91,7 @@ def heldout_rows(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
 def grade_before(model: Any, tok: Any, cfg: Any, heldout: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """If ``eval.before``: grade the input model too (``heldout_accuracy_before``)."""
     if cfg.eval.before and heldout:
-        t0 = time.perf_counter()
         graded = grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-        metrics["heldout_before_s"] = round(time.perf_counter() - t0, 2)  # grading time, part of the stage's wall
+        metrics["heldout_before_s"] = graded["seconds"]  # grading time, part of the stage's wall time
         metrics["heldout_accuracy_before"] = graded["accuracy"]
         metrics["heldout_by_verifier_before"] = graded["by_verifier"]

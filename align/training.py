@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -333,11 +332,10 @@ def finish_stage(trainer: Any, out: Any, tok: Any, cfg: Any, ctx: Any, heldout: 
     if not checkpoint.is_main_process():  # rank 0 grades and writes; the others wait at the pipeline's barrier
         return StageResult(final_dir=final, steps=trainer.state.global_step, metrics=metrics, extra=extra)
     checkpoint.write_json_atomic(ctx.stage_dir / "log_history.json", trainer.state.log_history)  # report curves
-    t0 = time.perf_counter()
     model, tok = modeling.load_model(final)
     graded = evaluation.grade_heldout(model, tok, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     metrics.update(
-        heldout_s=round(time.perf_counter() - t0, 2),  # of the stage's wall time, what grading took (not training)
+        heldout_s=graded["seconds"],  # of the stage's wall time, what grading took (not training)
         heldout_accuracy=graded["accuracy"], heldout_n=graded["n"], heldout_status=graded["statuses"],
         heldout_by_verifier=graded["by_verifier"], **({"moe": trainer.moe_summary} if getattr(trainer, "moe_summary", None) else {}),
         **({"zero3_self_test": trainer.zero3_self_test} if getattr(trainer, "zero3_self_test", None) else {}),

@@ -40,3 +40,20 @@ def test_eval_data_is_graded_instead_of_the_stage_data():
     assert len(rows) == 7
     assert all(re.fullmatch(r"\d([+-]\d){2,4}=", r["prompt"][0]["content"]) for r in rows)  # chain problems
     assert len(evaluation.heldout_rows(load_config(SMOKE).stage("sft"), SimpleNamespace(seed=0))) == 32
+
+
+def test_grade_before_records_the_input_models_accuracy_and_grading_time(tmp_path):
+    from data_recipes import build_rows
+
+    base = modeling.build_base("tiny-deepseek-v4", {}, 0, tmp_path / "m")
+    model, tok = modeling.load_model(base)
+    cfg = load_config(SMOKE, ["stages.sft.eval.before=true", "stages.sft.data.n_heldout=6"]).stage("sft")
+    rows = build_rows(cfg.data, "heldout", 0, "sft")
+    metrics: dict = {}
+    evaluation.grade_before(model, tok, cfg, rows, metrics)
+    assert metrics["heldout_accuracy_before"] == 0.0  # the untrained model solves nothing
+    assert metrics["heldout_before_s"] > 0
+    assert set(metrics["heldout_by_verifier_before"]) == {r["verifier"] for r in rows}  # per task of the mixture
+    off: dict = {}
+    evaluation.grade_before(model, tok, load_config(SMOKE, []).stage("sft"), rows, off)
+    assert off == {}  # eval.before off (the default): the input model is not graded
