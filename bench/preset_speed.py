@@ -6,6 +6,8 @@ Anchor (same run): hc_mult=4, hc_sinkhorn_iters=20 (DeepSeek-V4 defaults). Ours:
 Batch 32 x 48 random tokens, AdamW, fp32, median step after 3 warm-up steps.
 ``--layouts``: also the layouts measured for the needle's onset (``bench/retrieval_layout.py``: 8 heads of 16, one
 residual stream) and the preset at 1 and 2 torch threads, each against the preset at 2 threads.
+``--shapes``: also the preset at the batch shapes the pipeline's stages train on (64 two-digit rows of ~12 tokens,
+16 short needle rows of ~100, 8 needle rows of 400...), each against the 32 x 48 anchor.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def step_time(overrides: dict, steps: int, threads: int = 2) -> float:
+def step_time(overrides: dict, steps: int, threads: int = 2, shape: tuple[int, int] = (32, 48)) -> float:
     from transformers import AutoModelForCausalLM
 
     from align import modeling
@@ -32,7 +34,7 @@ def step_time(overrides: dict, steps: int, threads: int = 2) -> float:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cls(**{**kwargs, **overrides}))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    x = torch.randint(10, 100, (32, 48))
+    x = torch.randint(10, 100, shape)
     times = []
     for i in range(steps + 3):
         t0 = time.perf_counter()
@@ -48,6 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--layouts", action="store_true", help="also the onset layouts and 1 vs 2 threads")
+    p.add_argument("--shapes", action="store_true", help="also the preset at the stages' batch shapes")
     args = p.parse_args()
     anchor = step_time({"hc_mult": 4, "hc_sinkhorn_iters": 20}, args.steps)
     ours = step_time({}, args.steps)
@@ -58,6 +61,10 @@ def main() -> None:
                                          ("hc_mult 1", {"hc_mult": 1}, 2), ("preset, 1 thread", {}, 1)]:
             t = step_time(overrides, args.steps, threads)
             print(f"{name}: {t * 1000:.1f} ms/step | ratio to the preset at 2 threads {t / ours:.2f}")
+    if args.shapes:
+        for shape in [(64, 16), (128, 16), (16, 64), (32, 64), (8, 100), (16, 100), (32, 100), (8, 200), (8, 400)]:
+            t = step_time({}, args.steps, shape=shape)
+            print(f"batch {shape[0]} x {shape[1]} tokens: {t * 1000:.1f} ms/step | ratio to 32 x 48 {t / ours:.2f}")
 
 
 if __name__ == "__main__":
