@@ -38,8 +38,8 @@ def trainer_defaults(stage_dir: Path, seed: int) -> dict[str, Any]:
     }
 
 
-# Below this many rows a worker pool costs more than it saves (starting it is ~0.5 s; TRL prepares ~2,000 rows a
-# second in one process on the 2 cores here: 24,000 rows in 12.5 s, 7.3 s with 2 workers, bench/prep_speed.py).
+# Below this many rows a worker pool costs more than it saves (starting it is ~0.5 s; TRL prepares ~1,600 rows a
+# second in one process on the 2 cores here: 24,000 rows in 15.2 s, 8.1 s with 2 workers, bench/prep_speed.py).
 PREP_POOL_MIN_ROWS = 4000
 
 
