@@ -1,5 +1,6 @@
-"""TRL's dataset preparation in a worker pool: how many processes a stage asks for, and that the pool (forked after
-torch has run in this process, as in a stage) gives the same token ids and labels as one process."""
+"""TRL's dataset preparation in a worker pool: how many processes a stage asks for (a stage's own
+``trainer.dataset_num_proc`` wins), and that the pool (forked after torch has run in this process, as in a stage) gives
+the same token ids and labels as one process."""
 
 from __future__ import annotations
 
@@ -47,3 +48,48 @@ def test_a_worker_pool_prepares_the_same_ids_and_labels_as_one_process(tmp_path)
     assert len(one) == len(pool) == 300
     assert one["input_ids"] == pool["input_ids"] and one["labels"] == pool["labels"]
     assert any(label != -100 for label in one["labels"][0])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stage_prep_processes(tmp_path, monkeypatch, overrides: list[str]) -> int | None:
+    """The ``dataset_num_proc`` train_sft hands TRL for the smoke sft stage (60 rows, the pool's threshold lowered)."""
+    import trl
+
+    from align import training
+    from align.config import load_config
+    from align.pipeline import ensure_base
+    from align.stage import StageContext
+    from align.training import prepare_model, resolve_modes, train_sft
+    from data_recipes import build_rows
+    from tests.conftest import SMOKE
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "stages.sft.data.n_train=60", *overrides])
+    stage = cfg.stages[0]
+    ctx = StageContext(cfg.run_dir, tmp_path / "00_sft", ensure_base(cfg), 0, cfg.router_for(stage), cfg.monitor,
+                       cfg.distributed, {}, None, None)
+    ctx.stage_dir.mkdir()
+    model, tok, coef = prepare_model(ctx, stage)
+    rows = resolve_modes(stage, ctx, tok, build_rows(stage.data, "train", 0, stage.kind))
+    seen: list[int | None] = []
+
+    def stub(*args, **kwargs):
+        seen.append(kwargs["args"].dataset_num_proc)
+        raise _Stop
+
+    monkeypatch.setattr(trl, "SFTTrainer", stub)
+    monkeypatch.setattr(training, "PREP_POOL_MIN_ROWS", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    try:
+        train_sft(model, tok, rows, stage, ctx, coef)
+    except _Stop:
+        pass
+    return seen[0]
+
+
+def test_a_stage_asks_for_the_pool_and_the_stages_own_setting_wins(tmp_path, monkeypatch):
+    assert _stage_prep_processes(tmp_path / "a", monkeypatch, []) == 3
+    assert _stage_prep_processes(tmp_path / "b", monkeypatch, ["stages.sft.trainer.dataset_num_proc=1"]) == 1
