@@ -7,7 +7,8 @@ Batch 32 x 48 random tokens, AdamW, fp32, median step after 3 warm-up steps.
 ``--layouts``: also the layouts measured for the needle's onset (``bench/retrieval_layout.py``: 8 heads of 16, one
 residual stream) and the preset at 1 and 2 torch threads, each against the preset at 2 threads.
 ``--shapes``: also the preset at the batch shapes the pipeline's stages train on (64 two-digit rows of ~12 tokens,
-16 short needle rows of ~100, 8 needle rows of 400...), each against the 32 x 48 anchor.
+16 short needle rows of ~100, 8 needle rows of 400...), each against the 32 x 48 anchor; with ``--ranks 2``, also half
+of each batch at 1 thread (what one rank of a 2-process run on 2 cores computes), against the whole batch at 2 threads.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--layouts", action="store_true", help="also the onset layouts and 1 vs 2 threads")
     p.add_argument("--shapes", action="store_true", help="also the preset at the stages' batch shapes")
+    p.add_argument("--ranks", type=int, default=1, help="with --shapes: also 1/N of each batch at 1 thread")
     args = p.parse_args()
     anchor = step_time({"hc_mult": 4, "hc_sinkhorn_iters": 20}, args.steps)
     ours = step_time({}, args.steps)
@@ -65,6 +67,10 @@ def main() -> None:
         for shape in [(64, 16), (128, 16), (16, 64), (32, 64), (8, 100), (16, 100), (32, 100), (8, 200), (8, 400)]:
             t = step_time({}, args.steps, shape=shape)
             print(f"batch {shape[0]} x {shape[1]} tokens: {t * 1000:.1f} ms/step | ratio to 32 x 48 {t / ours:.2f}")
+            if args.ranks > 1:
+                part = step_time({}, args.steps, threads=1, shape=(shape[0] // args.ranks, shape[1]))
+                print(f"  one rank of {args.ranks} ({shape[0] // args.ranks} x {shape[1]}, 1 thread): "
+                      f"{part * 1000:.1f} ms/step | ratio to the whole batch at 2 threads {part / t:.2f}")
 
 
 if __name__ == "__main__":
