@@ -9,6 +9,9 @@ residual stream) and the preset at 1 and 2 torch threads, each against the prese
 ``--shapes``: also the preset at the batch shapes the pipeline's stages train on (64 two-digit rows of ~12 tokens,
 16 short needle rows of ~100, 8 needle rows of 400...), each against the 32 x 48 anchor; with ``--ranks 2``, also half
 of each batch at 1 thread (what one rank of a 2-process run on 2 cores computes), against the whole batch at 2 threads.
+``--cheaper``: the two cheaper layouts the preset turned down for learnability (one residual stream, ``hc_mult`` 1;
+sliding-window attention in all three layers instead of compressed-sparse attention in the last) and both, at three
+stage shapes, each against the preset at the same shape.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--layouts", action="store_true", help="also the onset layouts and 1 vs 2 threads")
     p.add_argument("--shapes", action="store_true", help="also the preset at the stages' batch shapes")
     p.add_argument("--ranks", type=int, default=1, help="with --shapes: also 1/N of each batch at 1 thread")
+    p.add_argument("--cheaper", action="store_true", help="also the cheaper layouts at three stage shapes")
     args = p.parse_args()
     anchor = step_time({"hc_mult": 4, "hc_sinkhorn_iters": 20}, args.steps)
     ours = step_time({}, args.steps)
@@ -71,6 +75,14 @@ def main() -> None:
                 part = step_time({}, args.steps, threads=1, shape=(shape[0] // args.ranks, shape[1]))
                 print(f"  one rank of {args.ranks} ({shape[0] // args.ranks} x {shape[1]}, 1 thread): "
                       f"{part * 1000:.1f} ms/step | ratio to the whole batch at 2 threads {part / t:.2f}")
+    if args.cheaper:
+        sliding = {"layer_types": ["sliding_attention"] * 3}
+        variants = [("hc_mult 1", {"hc_mult": 1}), ("all sliding", sliding), ("both", {"hc_mult": 1, **sliding})]
+        # 2-digit rows, short needle traces padded to their batch's longest, 3-digit traces
+        for shape in [(64, 16), (16, 120), (32, 64)]:
+            base = step_time({}, args.steps, shape=shape)
+            ratios = " | ".join(f"{name} {step_time(o, args.steps, shape=shape) / base:.2f}" for name, o in variants)
+            print(f"batch {shape[0]} x {shape[1]} tokens: preset {base * 1000:.1f} ms/step | ratio to it: {ratios}")
 
 
 if __name__ == "__main__":
